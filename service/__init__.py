@@ -1,0 +1,1 @@
+"""The HTTP side: settings, signature, ingest, ledger, monitoring, and the `oa-webhooks` CLI."""

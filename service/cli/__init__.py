@@ -1,0 +1,56 @@
+"""`oa-webhooks`: run the API or a worker, send a signed test event, run the whole stack locally."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from service.cli import local, sender
+from service.logs import configure
+from service.settings import load_settings_or_exit
+
+# Pretty exceptions print local variables, which could include the secret: keep them off.
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.command("send")(sender.send)
+app.command("run")(local.run)
+app.command("healthcheck")(local.healthcheck)
+
+
+@app.command()
+def api() -> None:
+    """Serve the webhook endpoint (uvicorn) on OA_HOST:OA_PORT."""
+    import uvicorn  # noqa: PLC0415 - only this command needs it
+
+    from service.app import create_app  # noqa: PLC0415
+
+    settings = load_settings_or_exit()
+    configure(level=settings.log_level, fmt=settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+        log_config=None,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        server_header=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run an arq worker with every handler module in OA_HANDLERS_PACKAGE."""
+    from workers.main import serve  # noqa: PLC0415
+
+    settings = load_settings_or_exit()
+    configure(level=settings.log_level, fmt=settings.log_format)
+    asyncio.run(serve(settings))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,165 @@
+"""`oa-webhooks run` (the whole stack without Docker) and `oa-webhooks healthcheck` (for compose)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+import httpx
+import typer
+from redis import Redis
+from redis.exceptions import RedisError
+
+from service.settings import load_settings_or_exit
+
+# The same commands as docker-compose.yml's `api` and `worker` services.
+API_COMMAND = ["oa-webhooks", "api"]
+WORKER_COMMAND = ["oa-webhooks", "worker"]
+DATA_DIR = Path(".data/redis")
+
+
+def _ensure_env_file() -> None:
+    """First run: write `.env` with a random development secret, so `make run` works at once."""
+    env = Path(".env")
+    if os.environ.get("OA_WEBHOOK_SECRET") or env.exists():
+        return
+    example = Path(".env.example")
+    text = example.read_text(encoding="utf-8") if example.exists() else "OA_WEBHOOK_SECRET=change-me\n"
+    env.write_text(
+        text.replace("OA_WEBHOOK_SECRET=change-me", f"OA_WEBHOOK_SECRET={secrets.token_hex(24)}"),
+        encoding="utf-8",
+    )
+    typer.echo("wrote .env with a random OA_WEBHOOK_SECRET for local use; put your real secret there")
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        with Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as client:
+            return bool(client.ping())
+    except (RedisError, OSError):
+        return False
+
+
+def _start_redis(url: str) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        typer.echo(
+            f"Redis at {urlparse(url).hostname}:{urlparse(url).port or 6379} does not answer and there is no "
+            "redis-server here. Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: "
+            "brew install redis) or set REDIS_URL to a running Redis.",
+            err=True,
+        )
+        raise typer.Exit(1)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    port = urlparse(url).port or 6379
+    # The same durability as the compose Redis: every acknowledged event is on disk.
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(DATA_DIR.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
+    )
+    for _ in range(50):
+        if _redis_answers(url):
+            typer.echo(f"started redis-server on 127.0.0.1:{port} (data in {DATA_DIR})")
+            return process
+        time.sleep(0.1)
+    process.terminate()
+    typer.echo("redis-server did not start; see its output above", err=True)
+    raise typer.Exit(1)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run() -> None:
+    """Start Redis (if REDIS_URL does not answer), the API on OA_PORT and one worker; Ctrl-C stops them."""
+    _ensure_env_file()
+    settings = load_settings_or_exit()
+    url = settings.redis_url.get_secret_value()
+    redis_process = None if _redis_answers(url) else _start_redis(url)
+    api = subprocess.Popen(API_COMMAND)
+    worker = subprocess.Popen(WORKER_COMMAND)
+    typer.echo(f"API on http://{settings.host}:{settings.port} - try: oa-webhooks send lead.created")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(0.5)
+            if api.poll() is not None:
+                typer.echo(f"the API exited with status {api.returncode}", err=True)
+                break
+            if worker.poll() is not None:
+                typer.echo(f"the worker exited with status {worker.returncode}; restarting it", err=True)
+                worker = subprocess.Popen(WORKER_COMMAND)
+    except KeyboardInterrupt:
+        typer.echo("stopping...")
+    finally:
+        _stop([api, worker])
+        if redis_process is not None:
+            _stop([redis_process])
+    sys.exit(0 if api.returncode in (None, 0, -signal.SIGTERM) else 1)
+
+
+def healthcheck(
+    target: Annotated[
+        str, typer.Argument(help="api: GET /healthz; worker: a fresh heartbeat from this host")
+    ],
+) -> None:
+    """Exit 0 when the API answers, or when a worker on this host has a fresh heartbeat."""
+    settings = load_settings_or_exit()
+    if target == "api":
+        try:
+            ok = httpx.get(f"http://127.0.0.1:{settings.port}/healthz", timeout=3).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+    elif target == "worker":
+        ok = asyncio.run(_worker_alive(settings.redis_url.get_secret_value(), settings.heartbeat_interval_s))
+    else:
+        raise typer.BadParameter("expected 'api' or 'worker'")
+    raise typer.Exit(0 if ok else 1)
+
+
+async def _worker_alive(url: str, interval_s: float) -> bool:
+    from service import queue  # noqa: PLC0415
+    from workers.main import WORKERS_KEY  # noqa: PLC0415
+
+    client = queue.connect(url, timeout_s=3)
+    try:
+        fresh = await client.zrangebyscore(WORKERS_KEY, time.time() * 1000 - interval_s * 3000, "+inf")
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+    host = socket.gethostname() + ":"
+    return any(member.decode().startswith(host) for member in fresh)

@@ -1,0 +1,161 @@
+"""The event ledger: one Redis hash per event id, written in the same atomic step as its job.
+
+Keys (all prefixed `oa:`):
+
+- `oa:event:<id>`: hash with `body`, `sha256`, `type`, `received_ms`, `secret` (index of the
+  matching secret), `state` (`queued` -> `processing` -> `done` | `dead`) and one `h:<handler>`
+  JSON field per handler. `done` entries expire after the retention; `dead` ones stay.
+- `oa:pending`: sorted set of ids not yet `done` or `dead` (score: receive time, ms).
+- `oa:dead`: sorted set of dead-lettered ids (score: when they died, ms).
+- `oa:stats` and `oa:stats:m:<minute>`: counters for `status` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from service import queue
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from service.envelope import Envelope
+
+PENDING_KEY = "oa:pending"
+DEAD_KEY = "oa:dead"
+STATS_KEY = "oa:stats"
+MINUTE_STATS_TTL_S = 900
+
+
+def event_key(event_id: str) -> str:
+    """The ledger hash of one event."""
+    return f"oa:event:{event_id}"
+
+
+def minute_stats_key(now_ms: int) -> str:
+    """Counters for the minute that `now_ms` falls in; they expire after a quarter of an hour."""
+    return f"oa:stats:m:{now_ms // 60_000}"
+
+
+# KEYS: event, job, queue, pending, stats, minute stats
+# ARGV: id, body, sha256, received_ms, secret index, type, job bytes, job ttl ms, minute ttl s
+_ACCEPT = """
+local first = redis.call('HGET', KEYS[1], 'sha256')
+if first then
+  if first == ARGV[3] then
+    redis.call('HINCRBY', KEYS[5], 'duplicate_total', 1)
+    return {'duplicate', first}
+  end
+  redis.call('HINCRBY', KEYS[5], 'conflict_total', 1)
+  return {'conflict', first}
+end
+redis.call('HSET', KEYS[1], 'body', ARGV[2], 'sha256', ARGV[3], 'received_ms', ARGV[4],
+           'secret', ARGV[5], 'type', ARGV[6], 'state', 'queued')
+redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'received_total', 1)
+redis.call('HINCRBY', KEYS[5], 'received:' .. ARGV[6], 1)
+redis.call('HINCRBY', KEYS[5], 'secret:' .. ARGV[5], 1)
+redis.call('HSET', KEYS[5], 'last_received_ms', ARGV[4])
+redis.call('HINCRBY', KEYS[6], 'received', 1)
+redis.call('EXPIRE', KEYS[6], ARGV[9])
+return {'accepted', ARGV[3]}
+"""
+
+# Re-queue an event whose arq job is gone, atomically with the check, so a job that a worker
+# finishes at the same moment is never queued twice.
+# KEYS: event, job, in-progress, queue, pending ; ARGV: id, now ms, job bytes, job ttl ms
+_REQUEUE_IF_LOST = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return 'missing'
+end
+if state == 'done' or state == 'dead' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return 'finished'
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'running' end
+if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 'queued' end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'queued')
+return 'requeued'
+"""
+
+
+class Outcome(StrEnum):
+    """What `accept` did with a verified, parsed event."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The result of `Ledger.accept`; `first_sha256` is the body hash the ledger holds for this id."""
+
+    outcome: Outcome
+    sha256: str
+    first_sha256: str
+
+
+class Ledger:
+    """Atomic writes to the ledger and the queue. Construct once per process, in lifespan/startup."""
+
+    def __init__(self, redis: Redis, *, queue_expiry_ms: int) -> None:
+        self.redis = redis
+        self.queue_expiry_ms = queue_expiry_ms
+        self._accept = redis.register_script(_ACCEPT)
+        self._requeue_if_lost = redis.register_script(_REQUEUE_IF_LOST)
+
+    async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
+        """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict."""
+        sha256 = hashlib.sha256(body).hexdigest()
+        job = queue.encode_job(envelope.id, envelope.type, enqueue_ms=now_ms)
+        reply = await self._accept(
+            keys=[
+                event_key(envelope.id),
+                queue.job_key(envelope.id),
+                queue.QUEUE_NAME,
+                PENDING_KEY,
+                STATS_KEY,
+                minute_stats_key(now_ms),
+            ],
+            args=[
+                envelope.id,
+                body,
+                sha256,
+                now_ms,
+                secret_index,
+                envelope.type,
+                job,
+                self.queue_expiry_ms,
+                MINUTE_STATS_TTL_S,
+            ],
+        )
+        return Accepted(Outcome(reply[0].decode()), sha256, reply[1].decode())
+
+    async def requeue_if_lost(self, event_id: str, event_type: str, *, now_ms: int) -> str:
+        """Give an unfinished event a new arq job if its job is gone; returns what was found."""
+        reply = await self._requeue_if_lost(
+            keys=[
+                event_key(event_id),
+                queue.job_key(event_id),
+                queue.in_progress_key(event_id),
+                queue.QUEUE_NAME,
+                PENDING_KEY,
+            ],
+            args=[
+                event_id,
+                now_ms,
+                queue.encode_job(event_id, event_type, enqueue_ms=now_ms),
+                self.queue_expiry_ms,
+            ],
+        )
+        return reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -1,0 +1,76 @@
+"""Everything that knows arq's Redis layout lives here, so the queue could be swapped later.
+
+We write arq jobs ourselves (inside the ledger's Lua scripts) so that the ledger entry and
+the job land in one atomic step. A job carries only the event id and type; the body stays
+in the ledger. Jobs are JSON, never pickle: whoever can write to Redis must not be able to
+run code in the worker.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from redis.asyncio import ConnectionPool, Redis
+
+QUEUE_NAME = "oa:queue"
+JOB_FUNCTION = "process_event"
+RECONCILE_FUNCTION = "reconcile"
+
+
+def job_key(event_id: str) -> str:
+    """Arq's key for the job of one event (the job id is the event id)."""
+    return job_key_prefix + event_id
+
+
+def in_progress_key(event_id: str) -> str:
+    """Arq's claim on a running job; it expires `arq_job_timeout_s + 10` after the claim."""
+    return in_progress_key_prefix + event_id
+
+
+def retry_key(event_id: str) -> str:
+    """Arq's per-job try counter."""
+    return retry_key_prefix + event_id
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """Arq job serializer: compact JSON."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    """Arq job deserializer: JSON only, so a forged job can at worst name a missing function."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise TypeError("an arq job must be a JSON object")
+    return data
+
+
+def encode_job(event_id: str, event_type: str, *, enqueue_ms: int) -> bytes:
+    """The bytes arq's worker expects under `job_key(event_id)`: `process_event(id, type)`."""
+    return serialize({"t": 1, "f": JOB_FUNCTION, "a": [event_id, event_type], "k": {}, "et": enqueue_ms})
+
+
+def connect(url: str, *, timeout_s: float, max_connections: int | None = None) -> Redis:
+    """A redis-py client for `url` (redis://, rediss:// with TLS, unix://; user and password as given).
+
+    Socket timeouts bound every call, so an unreachable Redis turns into an error, not a hang.
+    """
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+        max_connections=max_connections,
+    )
+    return client
+
+
+def connect_arq(url: str, *, timeout_s: float) -> ArqRedis:
+    """An arq client (for the worker and for `enqueue_job` of cron jobs), with our JSON serializer."""
+    pool = ConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return ArqRedis(
+        pool, job_serializer=serialize, job_deserializer=deserialize, default_queue_name=QUEUE_NAME
+    )

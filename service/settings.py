@@ -1,0 +1,164 @@
+"""Typed settings, read from the environment and `.env`, validated once at start-up.
+
+Every setting but two is prefixed `OA_`; the README's settings table lists them all.
+`OA_WEBHOOK_SECRET` is required and may hold several comma-separated secrets (rotation).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 16
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "your-secret-here"})
+
+
+class SettingsError(Exception):
+    """The configuration cannot work; the message names the variable to set."""
+
+
+class Settings(BaseSettings):
+    """All configuration of the API, the worker and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OA_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=AliasChoices("OA_WEBHOOK_SECRET", "oa_webhook_secret"),
+        validate_default=True,
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://localhost:6379/0"),
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+    )
+
+    # HTTP side
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=262_144, ge=1024)
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1)
+    retention_days: float = Field(default=30, gt=0)
+    limit_concurrency: int = Field(default=1000, ge=1)
+    keepalive_timeout_s: int = Field(default=5, ge=1)
+    access_log: bool = False
+
+    # Worker side
+    handlers_package: str = "workers.handlers"
+    job_timeout_s: float = Field(default=60, gt=0)
+    shutdown_grace_s: int = Field(default=30, ge=0)
+    max_tries: int = Field(default=16, ge=1)
+    retry_initial_s: float = Field(default=60, ge=0)
+    retry_max_delay_s: float = Field(default=21_600, ge=0)
+    retry_jitter: float = Field(default=1.0, ge=0, le=1)
+    worker_concurrency: int = Field(default=50, ge=1)
+    poll_delay_s: float = Field(default=0.05, gt=0)
+    reconcile_interval_s: int = Field(default=60, ge=1, le=3600)
+    heartbeat_interval_s: float = Field(default=5, gt=0)
+    queue_expiry_days: float = Field(default=7, gt=0)
+
+    # Both
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _require_secret(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if not value:
+            raise ValueError(
+                "OA_WEBHOOK_SECRET is not set: set it to the webhook secret from Offerte Adviseur"
+            )
+        for secret in value:
+            if secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    "OA_WEBHOOK_SECRET still holds a placeholder: set it to the secret from Offerte Adviseur"
+                )
+        return value
+
+    @field_validator("reconcile_interval_s")
+    @classmethod
+    def _check_reconcile_interval(cls, value: int) -> int:
+        # arq's cron runs on clock seconds and minutes, so the interval must tile the hour.
+        if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
+            raise ValueError(
+                "OA_RECONCILE_INTERVAL_S must divide 60, or be whole minutes that divide an hour"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_scheme(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @cached_property
+    def secrets(self) -> tuple[bytes, ...]:
+        """The configured secrets as the bytes that key the HMAC, in configured order."""
+        return tuple(s.get_secret_value().encode() for s in self.webhook_secret)
+
+    @property
+    def short_secret_indexes(self) -> list[int]:
+        """Positions (0-based) of secrets shorter than we would like; start-up warns about them."""
+        return [i for i, s in enumerate(self.secrets) if len(s) < MIN_SECRET_BYTES]
+
+    @property
+    def retention_s(self) -> int:
+        """How long a `done` event is remembered for dedup, in seconds."""
+        return int(self.retention_days * 86_400)
+
+    @property
+    def queue_expiry_ms(self) -> int:
+        """How long a queued arq job may wait before arq would call it expired."""
+        return int(self.queue_expiry_days * 86_400_000)
+
+    @property
+    def crash_redelivery_s(self) -> float:
+        """Upper bound on how long a job whose worker died waits before it runs again."""
+        return self.arq_job_timeout_s + 10
+
+    @property
+    def arq_job_timeout_s(self) -> float:
+        """Arq's own job timeout: ours plus a margin, so that our timeout always fires first."""
+        return self.job_timeout_s + 5
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = ".".join(str(p) for p in error["loc"]) or "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith(("OA_", "REDIS_URL")):
+        return message
+    name = field.upper() if field.upper() == "REDIS_URL" else f"OA_{field.upper()}"
+    return f"{name}: {message}"
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings, raising `SettingsError` with one line that names the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_first_error(exc)) from None
+
+
+def load_settings_or_exit() -> Settings:
+    """For entry points: print the one-line reason and exit with status 2 when settings are invalid."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"oa-webhooks: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

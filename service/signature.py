@@ -1,0 +1,59 @@
+"""The provider's signature: hex HMAC-SHA256 of the raw body, keyed with the app's secret.
+
+Pure functions on bytes. `verify` never raises for hostile input: it answers which secret
+matched, or why nothing did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import StrEnum
+
+SIGNATURE_HEADER = "x-offerte-adviseur-signature"
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_HEX_LENGTH = 64
+
+
+class SignatureFailure(StrEnum):
+    """Why a request's signature was refused; the value is the stable error code."""
+
+    MISSING = "signature_missing"
+    MULTIPLE = "signature_repeated"
+    MALFORMED = "signature_malformed"
+    MISMATCH = "signature_mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A signature matched; `secret_index` says which configured secret (0-based)."""
+
+    secret_index: int
+
+
+def sign(body: bytes, secret: bytes) -> str:
+    """Return the lowercase hex HMAC-SHA256 of `body`, as the provider sends it."""
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify(body: bytes, signatures: list[bytes], secrets: tuple[bytes, ...]) -> Verified | SignatureFailure:
+    """Check the raw signature header values (bytes, as received) against every configured secret.
+
+    Either case of hex is accepted. Every secret is compared, in constant time, so the time
+    taken does not say which one matched.
+    """
+    if not signatures:
+        return SignatureFailure.MISSING
+    if len(signatures) > 1:
+        return SignatureFailure.MULTIPLE
+    given = signatures[0]
+    if len(given) != _HEX_LENGTH or not _HEX_DIGITS.issuperset(given):
+        return SignatureFailure.MALFORMED if given else SignatureFailure.MISSING
+    given = given.lower()
+    matched: int | None = None
+    for index, secret in enumerate(secrets):
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+        if hmac.compare_digest(expected, given) and matched is None:
+            matched = index
+    return SignatureFailure.MISMATCH if matched is None else Verified(matched)

@@ -1,0 +1,110 @@
+"""Shared fixtures: a real redis-server per test session, the app in-process, and signing helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from service.app import create_app
+from service.settings import Settings
+from service.signature import SIGNATURE_HEADER, sign
+from tests.processes import Stack
+from tests.redis_server import RedisServer
+from workers import registry
+
+SECRET = "whsec_test_secret_0123456789"
+ENDPOINT = "/webhooks/offerte-adviseur"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server on a free port for the whole session (tests that stop Redis start their own)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_sync(redis_url: str) -> Iterator[Redis]:
+    """A synchronous client for assertions about what is in Redis."""
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    client.close()
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    """Settings for tests, built without `.env`; overrides are named as environment variables (`OA_...`)."""
+    values: dict[str, Any] = {"OA_WEBHOOK_SECRET": SECRET, "REDIS_URL": redis_url, "_env_file": None}
+    for name, value in overrides.items():
+        known = name in ("OA_WEBHOOK_SECRET", "REDIS_URL")
+        values[name if known else name.removeprefix("OA_").lower()] = value
+    settings = Settings(**values)
+    unknown = (
+        {k.removeprefix("OA_").lower() for k in overrides}
+        - set(Settings.model_fields)
+        - {"webhook_secret", "redis_url"}
+    )
+    assert not unknown, f"no such settings: {unknown}"
+    return settings
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Default test settings against the session Redis."""
+    return make_settings(redis_url)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client wired to the app in-process, with its lifespan (and Redis connection) running."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Handlers registered by a test are forgotten after it."""
+    saved = dict(registry._handlers)
+    registry._handlers.clear()
+    yield
+    registry._handlers.clear()
+    registry._handlers.update(saved)
+
+
+def envelope(event_id: str = "evt_1", event_type: str = "lead.created", **payload: Any) -> bytes:
+    """A compact JSON body for an event."""
+    return json.dumps({"id": event_id, "type": event_type, "payload": payload or {"lead_id": 1}}).encode()
+
+
+def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    """Headers with a valid signature for `body`."""
+    return {"content-type": "application/json", SIGNATURE_HEADER: sign(body, secret.encode())}
+
+
+TESTDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
+    """The compose `api` and `worker` commands as real processes (not started: add handlers first)."""
+    running = Stack(tmp_path, redis_url, SECRET)
+    yield running
+    running.close()

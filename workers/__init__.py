@@ -1,0 +1,57 @@
+"""The handler API: everything a handler module needs, from one import.
+
+    from workers import Context, Event, on
+
+    @on("lead.paid")
+    async def book_payment(event: Event, ctx: Context) -> None:
+        ...
+
+The contract, in full:
+
+- **Idempotent.** A handler may run more than once for one event (a worker killed mid-run,
+  a timeout, a retry after a partial failure). Key every side effect on `event.id`, which is
+  the same for every redelivery of the event.
+- **Raise to retry.** Any exception means "try later": the handler runs again with
+  exponential backoff and jitter (`OA_RETRY_INITIAL_S`, `OA_RETRY_MAX_DELAY_S`) until
+  `max_tries` (`OA_MAX_TRIES`, or `on(..., max_tries=N)`), then it goes to dead letters,
+  where `oa-webhooks dlq` can show and replay it. `on(..., retry_on=(SomeError,))` retries
+  only those exception types; anything else goes to dead letters at once.
+- **Raise `PermanentError` when retrying cannot help**: straight to dead letters. A payload that
+  does not fit its model (`event.payload`) is treated the same.
+- **Each handler stands alone.** Several handlers of one event run concurrently; one that fails
+  does not stop the others, and a retry runs only the handlers that have not yet succeeded.
+- **Bounded.** Each run is cut at `OA_JOB_TIMEOUT_S` and counts as a failed try.
+- **No personal data in logs at INFO**: payloads hold names and addresses. `ctx.log` already
+  carries the event id, type, handler and attempt.
+"""
+
+from workers.context import Context, PermanentError
+from workers.events import (
+    Event,
+    InvoiceCreated,
+    InvoicePaid,
+    InvoicePayload,
+    LeadCreated,
+    LeadInvoiced,
+    LeadPaid,
+    LeadPayload,
+    LeadSold,
+    Payload,
+)
+from workers.registry import on
+
+__all__ = [
+    "Context",
+    "Event",
+    "InvoiceCreated",
+    "InvoicePaid",
+    "InvoicePayload",
+    "LeadCreated",
+    "LeadInvoiced",
+    "LeadPaid",
+    "LeadPayload",
+    "LeadSold",
+    "Payload",
+    "PermanentError",
+    "on",
+]

@@ -1,0 +1,95 @@
+"""The event handed to handlers, and a typed payload model for each documented event type.
+
+Payload models keep unknown fields (`extra="allow"`): the provider's documentation elides
+some, and its webhooks are in beta. An unknown event type gets a `Payload` with every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from service.envelope import Envelope
+
+
+class Payload(BaseModel):
+    """Base of every payload model; extra fields are kept and reachable as attributes."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class LeadPayload(Payload):
+    """Fields of a lead, as in the provider's `lead.created` example (`id` is read as `lead_id`)."""
+
+    lead_id: int = Field(validation_alias=AliasChoices("lead_id", "id"))
+    website_code: str | None = None
+    subcategory_id: str | int | None = None
+    created_at: datetime | None = None
+
+
+class LeadCreated(LeadPayload):
+    """`lead.created`: a new lead was created."""
+
+
+class LeadSold(LeadPayload):
+    """`lead.sold`: a lead was marked as sold."""
+
+
+class LeadInvoiced(LeadPayload):
+    """`lead.invoiced`: an invoice was created for a lead."""
+
+
+class LeadPaid(LeadPayload):
+    """`lead.paid`: a lead's invoice was paid."""
+
+
+class InvoicePayload(Payload):
+    """Fields of an invoice (`id` is read as `invoice_id`)."""
+
+    invoice_id: int = Field(validation_alias=AliasChoices("invoice_id", "id"))
+    lead_id: int | None = None
+    created_at: datetime | None = None
+
+
+class InvoiceCreated(InvoicePayload):
+    """`invoice.created`: a new invoice was created."""
+
+
+class InvoicePaid(InvoicePayload):
+    """`invoice.paid`: an invoice was successfully paid."""
+
+
+PAYLOAD_MODELS: dict[str, type[Payload]] = {
+    "lead.created": LeadCreated,
+    "lead.sold": LeadSold,
+    "lead.invoiced": LeadInvoiced,
+    "lead.paid": LeadPaid,
+    "invoice.created": InvoiceCreated,
+    "invoice.paid": InvoicePaid,
+}
+KNOWN_TYPES = frozenset(PAYLOAD_MODELS)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One verified Offerte Adviseur event. `id` is the same on every redelivery: key side effects on it."""
+
+    id: str
+    type: str
+    payload: Payload
+    received_at: datetime
+
+
+def build_event(envelope: Envelope, *, received_ms: int) -> Event:
+    """Validate the payload for its type; raises pydantic's `ValidationError` when it does not fit."""
+    model = PAYLOAD_MODELS.get(envelope.type, Payload)
+    return Event(
+        id=envelope.id,
+        type=envelope.type,
+        payload=model.model_validate(envelope.payload),
+        received_at=datetime.fromtimestamp(received_ms / 1000, tz=UTC),
+    )

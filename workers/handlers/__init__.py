@@ -1,0 +1,1 @@
+"""Your handler modules. Every module here (not starting with `_`) is imported when a worker starts."""

@@ -1,0 +1,203 @@
+"""`oa-webhooks worker`: run the arq worker, and run it again when it loses Redis.
+
+arq's worker exits when Redis restarts (python-arq/arq#435). This loop builds a fresh worker
+after a lost connection, with backoff, so the process survives a Redis restart on its own;
+compose's `restart:` policy is the second line of defence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from arq import cron
+from arq.worker import Worker, func
+from redis.exceptions import RedisError
+
+from service import queue
+from workers.journal import Journal
+from workers.reconciler import reconcile
+from workers.registry import load_handlers
+from workers.retry import Backoff
+from workers.runtime import WorkerState, process_event
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger("oa.worker")
+WORKERS_KEY = "oa:workers"
+# arq counts a job's tries itself and gives up past max_tries; our ledger does the counting,
+# per handler, so arq's limit only has to be out of the way.
+_ARQ_MAX_TRIES = 1_000_000
+
+
+def worker_key(worker_id: str) -> str:
+    """Details of one live worker (its last heartbeat, host, pid, job counts)."""
+    return f"oa:worker:{worker_id}"
+
+
+class _Worker(Worker):
+    """arq's worker with our heartbeat: a sorted set of live workers, written from the poll loop."""
+
+    worker_id: str
+    started_ms: int
+
+    async def record_health(self) -> None:
+        now = time.time()
+        if now - self._last_health_check < self.health_check_interval:
+            return
+        self._last_health_check = now
+        now_ms = int(now * 1000)
+        ttl_s = int(self.health_check_interval * 3) + 1
+        async with self.pool.pipeline(transaction=True) as tx:
+            tx.zadd(WORKERS_KEY, {self.worker_id: now_ms})
+            tx.hset(
+                worker_key(self.worker_id),
+                mapping={
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "started_ms": self.started_ms,
+                    "heartbeat_ms": now_ms,
+                    "jobs_complete": self.jobs_complete,
+                    "jobs_failed": self.jobs_failed,
+                    "jobs_retried": self.jobs_retried,
+                    "running": sum(not t.done() for t in self.tasks.values()),
+                },
+            )
+            tx.expire(worker_key(self.worker_id), ttl_s)
+            tx.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - 3_600_000)
+            await tx.execute()
+
+
+def _cron_schedule(interval_s: int) -> dict[str, Any]:
+    if interval_s < 60:
+        return {"second": set(range(0, 60, interval_s))}
+    return {"minute": set(range(0, 60, interval_s // 60)), "second": 0}
+
+
+def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, worker_id: str) -> _Worker:
+    """The arq worker with our job, the reconciler cron, and the settings' tuning."""
+    state = WorkerState(
+        settings=settings,
+        backoff=Backoff(settings.retry_initial_s, settings.retry_max_delay_s, settings.retry_jitter),
+        http=http,
+        redis=redis,
+        journal=Journal(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms),
+    )
+    worker = _Worker(
+        functions=[
+            func(
+                process_event,
+                name=queue.JOB_FUNCTION,
+                max_tries=_ARQ_MAX_TRIES,
+                timeout=settings.arq_job_timeout_s,
+            )
+        ],
+        cron_jobs=[
+            cron(
+                reconcile,
+                name=queue.RECONCILE_FUNCTION,
+                unique=True,
+                run_at_startup=True,
+                timeout=max(60, settings.reconcile_interval_s),
+                **_cron_schedule(settings.reconcile_interval_s),
+            )
+        ],
+        queue_name=queue.QUEUE_NAME,
+        redis_pool=redis,
+        handle_signals=False,
+        job_completion_wait=settings.shutdown_grace_s,
+        max_jobs=settings.worker_concurrency,
+        poll_delay=settings.poll_delay_s,
+        # Running jobs stay at the head of the queue, so the read limit caps concurrency fleet-wide.
+        queue_read_limit=max(1000, settings.worker_concurrency * 10),
+        keep_result=0,
+        job_timeout=settings.arq_job_timeout_s,
+        max_tries=_ARQ_MAX_TRIES,
+        health_check_interval=settings.heartbeat_interval_s,
+        ctx={"oa": state},
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
+        log_results=False,
+    )
+    worker.worker_id = worker_id
+    worker.started_ms = int(time.time() * 1000)
+    return worker
+
+
+async def _teardown(worker: Worker, redis: Any) -> None:
+    for task in worker.tasks.values():
+        task.cancel()
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    with contextlib.suppress(RedisError, OSError):
+        await redis.zrem(WORKERS_KEY, getattr(worker, "worker_id", ""))
+    with contextlib.suppress(RedisError, OSError):
+        await redis.aclose(close_connection_pool=True)
+
+
+class _Stopper:
+    """SIGTERM/SIGINT: stop taking jobs and give running handlers the grace period; a second one: stop now."""
+
+    def __init__(self, grace_s: int) -> None:
+        self.grace_s = grace_s
+        self.stopping = asyncio.Event()
+        self.worker: Worker | None = None
+
+    def __call__(self, signum: signal.Signals) -> None:
+        if self.stopping.is_set():
+            if self.worker:
+                self.worker.handle_sig(signum)
+            return
+        self.stopping.set()
+        log.info("stopping: no new jobs; running handlers get %ss to finish", self.grace_s)
+        if self.worker:
+            self.worker.handle_sig_wait_for_completion(signum)
+
+
+async def _run_once(worker: Worker, redis: Any, stopper: _Stopper) -> bool:
+    """Run one worker until it stops; True if it lost Redis (and should be replaced)."""
+    try:
+        await redis.ping()
+        await worker.async_run()
+    except asyncio.CancelledError:
+        if not stopper.stopping.is_set():
+            raise
+    except (RedisError, OSError) as exc:
+        log.warning("lost Redis (%s)", type(exc).__name__, extra={"error": type(exc).__name__})
+        return True
+    finally:
+        await _teardown(worker, redis)
+    return False
+
+
+async def serve(settings: Settings) -> None:
+    """Run workers until SIGTERM/SIGINT; after a lost Redis connection, start a new one with backoff."""
+    load_handlers(settings.handlers_package)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    stopper = _Stopper(settings.shutdown_grace_s)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopper, signum)
+    delay_s = 0.5
+    async with httpx.AsyncClient(timeout=10) as http:
+        while not stopper.stopping.is_set():
+            redis = queue.connect_arq(
+                settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s
+            )
+            stopper.worker = build_worker(settings, redis, http=http, worker_id=worker_id)
+            started = time.monotonic()
+            if not await _run_once(stopper.worker, redis, stopper):
+                break
+            # Back off while Redis stays away; start over once a worker has run for a while.
+            delay_s = 0.5 if time.monotonic() - started > 30 else min(delay_s * 2, 10)
+            log.info("reconnecting to Redis in %.1fs", delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopper.stopping.wait(), delay_s)
+    log.info("worker stopped", extra={"worker": worker_id})

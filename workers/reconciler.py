@@ -1,0 +1,58 @@
+"""The reconciler (an arq cron job): gives a new arq job to every unfinished event whose job is gone.
+
+arq can lose a job without our ledger noticing: its key expired, arq gave up on it, or Redis
+lost it. Each check-and-requeue is one Lua script, atomic against a worker finishing the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from service.ledger import PENDING_KEY, Ledger, event_key
+
+if TYPE_CHECKING:
+    from workers.runtime import WorkerState
+
+log = logging.getLogger("oa.reconciler")
+BATCH = 500
+# Events younger than this are left alone: their first run is very likely still ahead of them.
+GRACE_MS = 30_000
+
+
+async def reconcile_pending(ledger: Ledger, *, now_ms: int, grace_ms: int = GRACE_MS) -> dict[str, int]:
+    """Check every pending event older than `grace_ms`; returns how many were found in each state."""
+    redis = ledger.redis
+    found: dict[str, int] = {}
+    offset = 0
+    while True:
+        ids = await redis.zrangebyscore(PENDING_KEY, "-inf", now_ms - grace_ms, start=offset, num=BATCH)
+        if not ids:
+            return found
+        offset += len(ids)
+        async with redis.pipeline(transaction=False) as pipe:
+            for raw_id in ids:
+                pipe.hget(event_key(raw_id.decode()), "type")
+            types = await pipe.execute()
+        for raw_id, raw_type in zip(ids, types, strict=True):
+            event_id = raw_id.decode()
+            event_type = raw_type.decode() if raw_type else ""
+            result = await ledger.requeue_if_lost(event_id, event_type, now_ms=now_ms)
+            found[result] = found.get(result, 0) + 1
+            if result == "requeued":
+                log.warning(
+                    "re-queued an event whose job was lost",
+                    extra={"event_id": event_id, "type": event_type, "outcome": "requeued"},
+                )
+
+
+async def reconcile(ctx: dict[str, Any]) -> None:
+    """Arq cron entry point."""
+    state: WorkerState = ctx["oa"]
+    ledger = Ledger(state.redis, queue_expiry_ms=state.settings.queue_expiry_ms)
+    found = await reconcile_pending(ledger, now_ms=time.time_ns() // 1_000_000)
+    if found.get("requeued"):
+        log.warning("reconciler repaired %d events", found["requeued"], extra={"count": found["requeued"]})
+    else:
+        log.debug("reconciler found nothing to repair: %s", found)

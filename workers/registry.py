@@ -1,0 +1,97 @@
+"""`on(...)`: register a handler for event types; and the loading of every module in `workers/handlers/`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from workers.events import KNOWN_TYPES
+
+if TYPE_CHECKING:
+    from workers.context import Context
+    from workers.events import Event
+
+HandlerFunc = Callable[["Event", "Context"], Awaitable[None]]
+log = logging.getLogger("oa.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler. `name` (module.function) keys its retry state in the ledger."""
+
+    name: str
+    func: HandlerFunc
+    patterns: tuple[str, ...]
+    max_tries: int | None
+    retry_on: tuple[type[BaseException], ...] | None
+
+    def matches(self, event_type: str) -> bool:
+        """True when one pattern is the type, its `prefix.*`, or `*`."""
+        return any(
+            p in ("*", event_type) or (p.endswith(".*") and event_type.startswith(p[:-1]))
+            for p in self.patterns
+        )
+
+
+_handlers: dict[str, Handler] = {}
+
+
+def _check_pattern(pattern: str) -> None:
+    if not pattern or not pattern.strip():
+        raise ValueError("an event type pattern must not be empty")
+    if pattern == "*" or pattern in KNOWN_TYPES:
+        return
+    if pattern.endswith(".*") and any(t.startswith(pattern[:-1]) for t in KNOWN_TYPES):
+        return
+    # Unknown names warn, they do not crash: the provider's webhooks are in beta and gain types.
+    log.warning("handler pattern %r matches no documented event type", pattern)
+
+
+def on(
+    *types: str,
+    max_tries: int | None = None,
+    retry_on: tuple[type[BaseException], ...] | None = None,
+) -> Callable[[HandlerFunc], HandlerFunc]:
+    """Register the decorated coroutine for these event types (`"lead.paid"`, `"lead.*"`, `"*"`).
+
+    `max_tries` overrides `OA_MAX_TRIES` for this handler; `retry_on` limits retries to those
+    exception types (anything else goes straight to dead letters).
+    """
+    if not types:
+        raise ValueError("on() needs at least one event type, e.g. on('lead.created')")
+    if max_tries is not None and max_tries < 1:
+        raise ValueError("max_tries must be at least 1")
+    for pattern in types:
+        _check_pattern(pattern)
+
+    def register(func: HandlerFunc) -> HandlerFunc:
+        name = f"{func.__module__}.{func.__qualname__}"
+        _handlers[name] = Handler(name, func, tuple(types), max_tries, retry_on)
+        return func
+
+    return register
+
+
+def handlers_for(event_type: str) -> list[Handler]:
+    """Every registered handler whose patterns match `event_type`, in registration order."""
+    return [h for h in _handlers.values() if h.matches(event_type)]
+
+
+def registered() -> list[Handler]:
+    """All registered handlers."""
+    return list(_handlers.values())
+
+
+def load_handlers(package: str) -> list[Handler]:
+    """Import every module of `package` (default `workers.handlers`) so their `@on` calls run."""
+    root = importlib.import_module(package)
+    for module in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")
+    handlers = registered()
+    log.info("loaded %d handlers from %s", len(handlers), package, extra={"count": len(handlers)})
+    return handlers

@@ -1,0 +1,173 @@
+"""`process_event`: the one arq job. It runs an event's due handlers and records how each went.
+
+Per handler: success -> `done`; `PermanentError`, an invalid payload, or an exception outside
+its `retry_on` -> `dead`; anything else -> retried with backoff until `max_tries`, then `dead`.
+Handlers of one event run concurrently, and one that raises does not stop its siblings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from arq import Retry
+from pydantic import ValidationError
+
+from service.envelope import MalformedBody, parse_envelope
+from workers.context import Context, PermanentError, bind_logger
+from workers.events import Event, build_event
+from workers.journal import EventOutcome, HandlerState, HandlerStatus, Journal
+from workers.registry import Handler, handlers_for
+
+if TYPE_CHECKING:
+    import httpx
+    from redis.asyncio import Redis
+
+    from service.settings import Settings
+    from workers.retry import Backoff
+
+log = logging.getLogger("oa.worker")
+_MAX_TRACEBACK_CHARS = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """What every job of one worker shares; kept in arq's ctx under `"oa"`."""
+
+    settings: Settings
+    backoff: Backoff
+    http: httpx.AsyncClient
+    redis: Redis
+    journal: Journal
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def describe_error(exc: BaseException, *, now_ms: int) -> dict[str, Any]:
+    """What a dead letter keeps of an exception: type, message, traceback, time."""
+    kind = type(exc)
+    return {
+        "type": kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc)[:1000],
+        "traceback": "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK_CHARS:],
+        "at_ms": now_ms,
+    }
+
+
+def _is_permanent(handler: Handler, exc: BaseException) -> bool:
+    if isinstance(exc, (PermanentError, ValidationError, MalformedBody)):
+        return True
+    if isinstance(exc, TimeoutError):
+        return False
+    return handler.retry_on is not None and not isinstance(exc, handler.retry_on)
+
+
+async def _attempt(state: WorkerState, handler: Handler, event: Event | BaseException, attempt: int) -> None:
+    max_tries = handler.max_tries or state.settings.max_tries
+    if attempt > max_tries:
+        raise PermanentError(f"{max_tries} attempts used up; earlier ones were cut short by a stopped worker")
+    if isinstance(event, BaseException):
+        raise event
+    logger = bind_logger(log, event_id=event.id, type=event.type, handler=handler.name, attempt=attempt)
+    ctx = Context(
+        redis=state.redis,
+        http=state.http,
+        log=logger,
+        handler=handler.name,
+        attempt=attempt,
+        max_tries=max_tries,
+    )
+    async with asyncio.timeout(state.settings.job_timeout_s):
+        await handler.func(event, ctx)
+
+
+async def run_handler(
+    state: WorkerState,
+    handler: Handler,
+    current: HandlerState,
+    event: Event | BaseException,
+    *,
+    event_id: str,
+    event_type: str,
+) -> HandlerState:
+    """Run one handler once (its attempt is already counted) and return its new state.
+
+    `event` is the exception instead when the payload could not be validated.
+    """
+    attempt = current.attempts
+    fields = {"event_id": event_id, "type": event_type, "handler": handler.name, "attempt": attempt}
+    started = time.perf_counter()
+    try:
+        await _attempt(state, handler, event, attempt)
+    except Exception as exc:
+        now_ms = _now_ms()
+        error = describe_error(exc, now_ms=now_ms)
+        fields |= {"duration_ms": round((time.perf_counter() - started) * 1000, 1), "error": error["type"]}
+        failed = replace(current, first_error=current.first_error or error, last_error=error)
+        if _is_permanent(handler, exc) or attempt >= (handler.max_tries or state.settings.max_tries):
+            # No traceback here: it goes to the dead letter, where `dlq show` prints it.
+            log.error("handler dead", extra=fields | {"outcome": "dead"})  # noqa: TRY400
+            return replace(failed, state=HandlerStatus.DEAD, finished_ms=now_ms)
+        delay_s = state.backoff.delay_s(attempt)
+        log.warning(
+            "handler retrying", extra=fields | {"outcome": "retrying", "retry_in_s": round(delay_s, 3)}
+        )
+        return replace(failed, next_ms=now_ms + int(delay_s * 1000))
+    fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    log.info("handler succeeded", extra=fields | {"outcome": "succeeded"})
+    return replace(current, state=HandlerStatus.DONE, finished_ms=_now_ms())
+
+
+def _event_outcome(states: dict[str, HandlerState]) -> EventOutcome:
+    if all(s.state is HandlerStatus.DONE for s in states.values()):
+        return EventOutcome.DONE
+    if any(s.state is HandlerStatus.PENDING for s in states.values()):
+        return EventOutcome.RETRY
+    return EventOutcome.DEAD
+
+
+async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
+    """The arq job: claim the event, run its due handlers, record the outcome, and ask arq to retry."""
+    state: WorkerState = ctx["oa"]
+    handlers = {h.name: h for h in handlers_for(event_type)}
+    claimed = await state.journal.begin(event_id, list(handlers), now_ms=_now_ms())
+    fields: dict[str, Any] = {"event_id": event_id, "type": event_type}
+    if claimed is None:
+        log.warning("no ledger entry for this job; it was purged", extra=fields)
+        return
+    if isinstance(claimed, str):
+        log.info("event already finished", extra=fields | {"outcome": claimed})
+        return
+    if not handlers:
+        await state.journal.finish(
+            event_id, event_type, outcome=EventOutcome.UNHANDLED, changed={}, now_ms=_now_ms()
+        )
+        log.info("event unhandled", extra=fields | {"outcome": "unhandled"})
+        return
+    event: Event | BaseException
+    try:
+        event = build_event(parse_envelope(claimed.body), received_ms=claimed.received_ms)
+    except (MalformedBody, ValidationError) as exc:
+        event = exc
+    runs = [
+        run_handler(
+            state, handlers[name], claimed.handlers[name], event, event_id=event_id, event_type=event_type
+        )
+        for name in claimed.due
+    ]
+    results = await asyncio.gather(*runs)
+    changed = dict(zip(claimed.due, results, strict=True))
+    states = claimed.handlers | changed
+    outcome = _event_outcome(states)
+    now_ms = _now_ms()
+    await state.journal.finish(event_id, event_type, outcome=outcome, changed=changed, now_ms=now_ms)
+    log.info("event %s", outcome.value, extra=fields | {"outcome": outcome.value})
+    if outcome is EventOutcome.RETRY:
+        next_ms = min(s.next_ms for s in states.values() if s.state is HandlerStatus.PENDING)
+        raise Retry(defer=max(0, next_ms - now_ms) / 1000)
