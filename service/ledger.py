@@ -75,7 +75,7 @@ if not state then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return 'missing'
 end
-if state == 'done' or state == 'dead' then
+if state == 'done' or state == 'dead' or state == 'purged' then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return 'finished'
 end

@@ -11,12 +11,16 @@ import httpx
 import pytest
 from redis import Redis
 
+from service import queue
 from service.app import create_app
 from service.settings import Settings
 from service.signature import SIGNATURE_HEADER, sign
 from tests.processes import Stack
 from tests.redis_server import RedisServer
 from workers import registry
+from workers.journal import Journal
+from workers.retry import Backoff
+from workers.runtime import WorkerState
 
 SECRET = "whsec_test_secret_0123456789"
 ENDPOINT = "/webhooks/offerte-adviseur"
@@ -87,6 +91,25 @@ def clean_registry() -> Iterator[None]:
     yield
     registry._handlers.clear()
     registry._handlers.update(saved)
+
+
+@pytest.fixture
+async def worker_ctx(redis_url: str) -> AsyncIterator[dict[str, Any]]:
+    """Arq's ctx as the worker builds it, with retries that wait no time."""
+    settings: Settings = make_settings(redis_url, OA_RETRY_INITIAL_S=0, OA_MAX_TRIES=3)
+    redis = queue.connect_arq(redis_url, timeout_s=2)
+    async with httpx.AsyncClient() as http:
+        state = WorkerState(
+            settings=settings,
+            backoff=Backoff(0, 0),
+            http=http,
+            redis=redis,
+            journal=Journal(
+                redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms
+            ),
+        )
+        yield {"oa": state, "redis": redis}
+    await redis.aclose(close_connection_pool=True)
 
 
 def envelope(event_id: str = "evt_1", event_type: str = "lead.created", **payload: Any) -> bytes:

@@ -42,6 +42,8 @@ class Service:
 
     def start(self) -> None:
         """Start the process (again, after a stop or a kill)."""
+        if self._log:
+            self._log.close()
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             compose_command(self.name), env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT
@@ -137,10 +139,11 @@ class Stack:
         path.write_text(source, encoding="utf-8")
         self.handler_files.append(path)
 
-    def start(self) -> None:
-        """Start both processes and wait for the API."""
+    def start(self, *, worker: bool = True) -> None:
+        """Start the API (and the worker, unless told not to) and wait for the API."""
         self.api.start()
-        self.worker.start()
+        if worker:
+            self.worker.start()
         wait_until_ready(self.base_url)
 
     def close(self) -> None:

@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 from arq import Retry
 from redis import Redis
 
-from service import queue
 from service.envelope import parse_envelope
 from service.ledger import DEAD_KEY, PENDING_KEY, STATS_KEY, Ledger, event_key
-from service.settings import Settings
-from tests.conftest import envelope, make_settings
+from tests.conftest import envelope
 from workers import Context, Event, LeadCreated, PermanentError, on
-from workers.journal import Journal
 from workers.registry import handlers_for
-from workers.retry import Backoff
-from workers.runtime import WorkerState, process_event
+from workers.runtime import process_event
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
-
-
-@pytest.fixture
-async def worker_ctx(redis_url: str) -> AsyncIterator[dict[str, Any]]:
-    """Arq's ctx as the worker builds it, with retries that wait no time."""
-    settings: Settings = make_settings(redis_url, OA_RETRY_INITIAL_S=0, OA_MAX_TRIES=3)
-    redis = queue.connect_arq(redis_url, timeout_s=2)
-    async with httpx.AsyncClient() as http:
-        state = WorkerState(
-            settings=settings,
-            backoff=Backoff(0, 0),
-            http=http,
-            redis=redis,
-            journal=Journal(
-                redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms
-            ),
-        )
-        yield {"oa": state, "redis": redis}
-    await redis.aclose(close_connection_pool=True)
 
 
 async def _accept(ctx: dict[str, Any], body: bytes) -> None:

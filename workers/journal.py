@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _BEGIN = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
-if state == 'done' or state == 'dead' then return {state} end
+if state == 'done' or state == 'dead' or state == 'purged' then return {state} end
 redis.call('HSET', KEYS[1], 'state', 'processing', 'processing_ms', ARGV[1])
 local entry = redis.call('HMGET', KEYS[1], 'body', 'received_ms')
 local out = {'processing', entry[1], entry[2]}

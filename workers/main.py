@@ -106,7 +106,9 @@ def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, wor
                 name=queue.RECONCILE_FUNCTION,
                 unique=True,
                 run_at_startup=True,
-                timeout=max(60, settings.reconcile_interval_s),
+                # arq sets every claim's expiry from the largest timeout of all functions, so this
+                # one must not exceed the job's, or a killed worker's job would wait for it.
+                timeout=settings.arq_job_timeout_s,
                 **_cron_schedule(settings.reconcile_interval_s),
             )
         ],

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oa.reconciler")
 BATCH = 500
-# Events younger than this are left alone: their first run is very likely still ahead of them.
-GRACE_MS = 30_000
+# Ingest writes the ledger entry and its job atomically, so even a young event without a job is
+# lost; the grace only spares the scan events that are seconds old.
+GRACE_MS = 2_000
 
 
 async def reconcile_pending(ledger: Ledger, *, now_ms: int, grace_ms: int = GRACE_MS) -> dict[str, int]:

@@ -6,7 +6,7 @@ import asyncio
 
 import typer
 
-from service.cli import local, sender
+from service.cli import dlq, local, sender
 from service.logs import configure
 from service.settings import load_settings_or_exit
 
@@ -15,6 +15,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
 app.command("send")(sender.send)
 app.command("run")(local.run)
 app.command("healthcheck")(local.healthcheck)
+app.add_typer(dlq.app, name="dlq")
 
 
 @app.command()
