@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from service import ingest, monitoring, queue
+from service import ingest, metrics, monitoring, queue
 from service.ledger import Ledger
 from service.settings import Settings, load_settings
 from service.state import Runtime
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Route(ingest.PATH, ingest.receive_webhook, methods=["POST"], name="receive_webhook"),
             Route("/healthz", monitoring.healthz, methods=["GET"], name="healthz"),
             Route("/readyz", monitoring.readyz, methods=["GET"], name="readyz"),
+            Route("/metrics", metrics.metrics, methods=["GET"], name="metrics"),
         ]
     )
     return app

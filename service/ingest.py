@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 
 from service.envelope import Envelope, MalformedBody, parse_envelope
 from service.ledger import Accepted, Outcome
+from service.metrics import REQUESTS, SIGNATURE_FAILURES
 from service.signature import SIGNATURE_HEADER, SignatureFailure, Verified, verify
 from service.state import runtime_of
 
@@ -71,6 +72,7 @@ def verify_signature(request: Request, body: bytes, *, secrets: tuple[bytes, ...
     given = [value for name, value in request.scope["headers"] if name == _SIGNATURE_HEADER]
     result = verify(body, given, secrets)
     if isinstance(result, SignatureFailure):
+        SIGNATURE_FAILURES.labels(result.value).inc()
         raise Rejected(401, result.value, _SIGNATURE_DETAILS[result])
     return result
 
@@ -140,5 +142,8 @@ async def receive_webhook(request: Request) -> JSONResponse:
         accepted = await record(runtime, envelope, body, verified)
     except Rejected as exc:
         log.info("request rejected", extra={"status": exc.status, "reason": exc.code})
-        return error_response(exc.status, exc.code, exc.detail, exc.headers)
-    return respond(envelope, accepted)
+        response = error_response(exc.status, exc.code, exc.detail, exc.headers)
+    else:
+        response = respond(envelope, accepted)
+    REQUESTS.labels(str(response.status_code)).inc()
+    return response

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     retry_jitter: float = Field(default=1.0, ge=0, le=1)
     worker_concurrency: int = Field(default=50, ge=1)
     poll_delay_s: float = Field(default=0.05, gt=0)
-    reconcile_interval_s: int = Field(default=60, ge=1, le=3600)
+    reconcile_interval_s: int = Field(default=60, ge=1)
     heartbeat_interval_s: float = Field(default=5, gt=0)
     queue_expiry_days: float = Field(default=7, gt=0)
 
@@ -86,16 +86,6 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "OA_WEBHOOK_SECRET still holds a placeholder: set it to the secret from Offerte Adviseur"
                 )
-        return value
-
-    @field_validator("reconcile_interval_s")
-    @classmethod
-    def _check_reconcile_interval(cls, value: int) -> int:
-        # arq's cron runs on clock seconds and minutes, so the interval must tile the hour.
-        if (value < 60 and 60 % value) or (value >= 60 and (value % 60 or 3600 % value)):
-            raise ValueError(
-                "OA_RECONCILE_INTERVAL_S must divide 60, or be whole minutes that divide an hour"
-            )
         return value
 
     @field_validator("redis_url")

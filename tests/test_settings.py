@@ -61,12 +61,6 @@ def test_secret_is_not_in_repr() -> None:
     assert "whsec_test_secret" not in str(settings)
 
 
-def test_bad_reconcile_interval_is_refused() -> None:
-    """A reconciler interval that cannot tile arq's cron clock is refused with the variable's name."""
-    with pytest.raises(ValueError, match="OA_RECONCILE_INTERVAL_S"):
-        make_settings("redis://localhost:6379/0", OA_RECONCILE_INTERVAL_S=7)
-
-
 @pytest.mark.parametrize("command", ["api", "worker", "send"])
 def test_entry_points_refuse_to_start_without_secret(command: str, tmp_path: Path) -> None:
     """`oa-webhooks api|worker|send` exit 2 with one line naming OA_WEBHOOK_SECRET."""

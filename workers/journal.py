@@ -15,6 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from service import queue
 from service.ledger import DEAD_KEY, MINUTE_STATS_TTL_S, PENDING_KEY, STATS_KEY, event_key, minute_stats_key
+from service.stats import (
+    HANDLER_BUCKETS_S,
+    HANDLER_HISTOGRAM_KEY,
+    LATENCY_BUCKETS_S,
+    LATENCY_HISTOGRAM_KEY,
+    SEPARATOR,
+    bucket_index,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -134,11 +142,24 @@ class Journal:
         outcome: EventOutcome,
         changed: dict[str, HandlerState],
         now_ms: int,
+        durations_s: dict[str, float] | None = None,
+        latency_s: float | None = None,
     ) -> None:
-        """Record the handlers that ran and the event's new state, with its counters, in one transaction."""
+        """Record the handlers that ran and the event's new state, with its counters, in one transaction.
+
+        `durations_s` (per handler that ran) and `latency_s` (receipt to success) feed the histograms.
+        """
         key = event_key(event_id)
         minute = minute_stats_key(now_ms)
         async with self.redis.pipeline(transaction=True) as tx:
+            for name, seconds in (durations_s or {}).items():
+                series = f"{event_type}{SEPARATOR}{name}{SEPARATOR}"
+                tx.hincrby(HANDLER_HISTOGRAM_KEY, series + str(bucket_index(seconds, HANDLER_BUCKETS_S)), 1)
+                tx.hincrbyfloat(HANDLER_HISTOGRAM_KEY, series + "sum", seconds)
+            if latency_s is not None:
+                series = f"{event_type}{SEPARATOR}"
+                tx.hincrby(LATENCY_HISTOGRAM_KEY, series + str(bucket_index(latency_s, LATENCY_BUCKETS_S)), 1)
+                tx.hincrbyfloat(LATENCY_HISTOGRAM_KEY, series + "sum", latency_s)
             if changed:
                 tx.hset(key, mapping={f"h:{name}": state.to_json() for name, state in changed.items()})
             if outcome is EventOutcome.RETRY:

@@ -17,13 +17,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from arq import cron
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from service import queue
+from service.stats import WORKERS_KEY, worker_key
 from workers.journal import Journal
-from workers.reconciler import reconcile
+from workers.reconciler import reconcile_forever
 from workers.registry import load_handlers
 from workers.retry import Backoff
 from workers.runtime import WorkerState, process_event
@@ -32,15 +32,9 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 log = logging.getLogger("oa.worker")
-WORKERS_KEY = "oa:workers"
 # arq counts a job's tries itself and gives up past max_tries; our ledger does the counting,
 # per handler, so arq's limit only has to be out of the way.
 _ARQ_MAX_TRIES = 1_000_000
-
-
-def worker_key(worker_id: str) -> str:
-    """Details of one live worker (its last heartbeat, host, pid, job counts)."""
-    return f"oa:worker:{worker_id}"
 
 
 class _Worker(Worker):
@@ -76,14 +70,8 @@ class _Worker(Worker):
             await tx.execute()
 
 
-def _cron_schedule(interval_s: int) -> dict[str, Any]:
-    if interval_s < 60:
-        return {"second": set(range(0, 60, interval_s))}
-    return {"minute": set(range(0, 60, interval_s // 60)), "second": 0}
-
-
 def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, worker_id: str) -> _Worker:
-    """The arq worker with our job, the reconciler cron, and the settings' tuning."""
+    """The arq worker with our job and the settings' tuning."""
     state = WorkerState(
         settings=settings,
         backoff=Backoff(settings.retry_initial_s, settings.retry_max_delay_s, settings.retry_jitter),
@@ -98,18 +86,6 @@ def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, wor
                 name=queue.JOB_FUNCTION,
                 max_tries=_ARQ_MAX_TRIES,
                 timeout=settings.arq_job_timeout_s,
-            )
-        ],
-        cron_jobs=[
-            cron(
-                reconcile,
-                name=queue.RECONCILE_FUNCTION,
-                unique=True,
-                run_at_startup=True,
-                # arq sets every claim's expiry from the largest timeout of all functions, so this
-                # one must not exceed the job's, or a killed worker's job would wait for it.
-                timeout=settings.arq_job_timeout_s,
-                **_cron_schedule(settings.reconcile_interval_s),
             )
         ],
         queue_name=queue.QUEUE_NAME,
@@ -163,8 +139,9 @@ class _Stopper:
             self.worker.handle_sig_wait_for_completion(signum)
 
 
-async def _run_once(worker: Worker, redis: Any, stopper: _Stopper) -> bool:
-    """Run one worker until it stops; True if it lost Redis (and should be replaced)."""
+async def _run_once(worker: _Worker, redis: Any, stopper: _Stopper) -> bool:
+    """Run one worker (and the reconciler beside it) until it stops; True if it lost Redis."""
+    reconciler = asyncio.create_task(reconcile_forever(worker.ctx["oa"], worker_id=worker.worker_id))
     try:
         await redis.ping()
         await worker.async_run()
@@ -175,6 +152,8 @@ async def _run_once(worker: Worker, redis: Any, stopper: _Stopper) -> bool:
         log.warning("lost Redis (%s)", type(exc).__name__, extra={"error": type(exc).__name__})
         return True
     finally:
+        reconciler.cancel()
+        await asyncio.gather(reconciler, return_exceptions=True)
         await _teardown(worker, redis)
     return False
 

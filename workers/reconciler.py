@@ -1,14 +1,21 @@
-"""The reconciler (an arq cron job): gives a new arq job to every unfinished event whose job is gone.
+"""The reconciler: gives a new arq job to every unfinished event whose job is gone.
 
 arq can lose a job without our ledger noticing: its key expired, arq gave up on it, or Redis
 lost it. Each check-and-requeue is one Lua script, atomic against a worker finishing the event.
+
+It runs in every worker, every `OA_RECONCILE_INTERVAL_S`, and a Redis lock lets one of them do
+the work each time. It is not an arq cron job on purpose: arq puts cron jobs in the same sorted
+set as the events, where they would skew the queue depth that operators watch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
 
 from service.ledger import PENDING_KEY, Ledger, event_key
 
@@ -48,12 +55,31 @@ async def reconcile_pending(ledger: Ledger, *, now_ms: int, grace_ms: int = GRAC
                 )
 
 
-async def reconcile(ctx: dict[str, Any]) -> None:
-    """Arq cron entry point."""
-    state: WorkerState = ctx["oa"]
+LOCK_KEY = "oa:reconcile:lock"
+
+
+async def reconcile_once(state: WorkerState, *, worker_id: str) -> dict[str, int] | None:
+    """Reconcile if no other worker did in this interval; None when another one holds the turn."""
+    interval_ms = state.settings.reconcile_interval_s * 1000
+    if not await state.redis.set(LOCK_KEY, worker_id, nx=True, px=interval_ms):
+        return None
     ledger = Ledger(state.redis, queue_expiry_ms=state.settings.queue_expiry_ms)
     found = await reconcile_pending(ledger, now_ms=time.time_ns() // 1_000_000)
     if found.get("requeued"):
         log.warning("reconciler repaired %d events", found["requeued"], extra={"count": found["requeued"]})
     else:
         log.debug("reconciler found nothing to repair: %s", found)
+    return found
+
+
+async def reconcile_forever(state: WorkerState, *, worker_id: str) -> None:
+    """Run `reconcile_once` now and then every interval, until cancelled."""
+    while True:
+        try:
+            await reconcile_once(state, worker_id=worker_id)
+        except (RedisError, OSError) as exc:
+            # The worker's own loop notices a lost Redis and reconnects; just try again later.
+            log.warning(
+                "reconciler could not run (%s)", type(exc).__name__, extra={"error": type(exc).__name__}
+            )
+        await asyncio.sleep(state.settings.reconcile_interval_s)

@@ -95,8 +95,8 @@ async def run_handler(
     *,
     event_id: str,
     event_type: str,
-) -> HandlerState:
-    """Run one handler once (its attempt is already counted) and return its new state.
+) -> tuple[HandlerState, float]:
+    """Run one handler once (its attempt is already counted); return its new state and the seconds it took.
 
     `event` is the exception instead when the payload could not be validated.
     """
@@ -113,15 +113,19 @@ async def run_handler(
         if _is_permanent(handler, exc) or attempt >= (handler.max_tries or state.settings.max_tries):
             # No traceback here: it goes to the dead letter, where `dlq show` prints it.
             log.error("handler dead", extra=fields | {"outcome": "dead"})  # noqa: TRY400
-            return replace(failed, state=HandlerStatus.DEAD, finished_ms=now_ms)
+            return replace(
+                failed, state=HandlerStatus.DEAD, finished_ms=now_ms
+            ), time.perf_counter() - started
         delay_s = state.backoff.delay_s(attempt)
         log.warning(
             "handler retrying", extra=fields | {"outcome": "retrying", "retry_in_s": round(delay_s, 3)}
         )
-        return replace(failed, next_ms=now_ms + int(delay_s * 1000))
-    fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    log.info("handler succeeded", extra=fields | {"outcome": "succeeded"})
-    return replace(current, state=HandlerStatus.DONE, finished_ms=_now_ms())
+        return replace(failed, next_ms=now_ms + int(delay_s * 1000)), time.perf_counter() - started
+    took_s = time.perf_counter() - started
+    log.info(
+        "handler succeeded", extra=fields | {"outcome": "succeeded", "duration_ms": round(took_s * 1000, 1)}
+    )
+    return replace(current, state=HandlerStatus.DONE, finished_ms=_now_ms()), took_s
 
 
 def _event_outcome(states: dict[str, HandlerState]) -> EventOutcome:
@@ -162,11 +166,19 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
         for name in claimed.due
     ]
     results = await asyncio.gather(*runs)
-    changed = dict(zip(claimed.due, results, strict=True))
+    changed = {name: new for name, (new, _) in zip(claimed.due, results, strict=True)}
     states = claimed.handlers | changed
     outcome = _event_outcome(states)
     now_ms = _now_ms()
-    await state.journal.finish(event_id, event_type, outcome=outcome, changed=changed, now_ms=now_ms)
+    await state.journal.finish(
+        event_id,
+        event_type,
+        outcome=outcome,
+        changed=changed,
+        now_ms=now_ms,
+        durations_s={name: took for name, (_, took) in zip(claimed.due, results, strict=True)},
+        latency_s=(now_ms - claimed.received_ms) / 1000 if outcome is EventOutcome.DONE else None,
+    )
     log.info("event %s", outcome.value, extra=fields | {"outcome": outcome.value})
     if outcome is EventOutcome.RETRY:
         next_ms = min(s.next_ms for s in states.values() if s.state is HandlerStatus.PENDING)

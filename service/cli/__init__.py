@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import typer
 
-from service.cli import dlq, local, sender
+from service.cli import dlq, local, sender, status
 from service.logs import configure
 from service.settings import load_settings_or_exit
 
@@ -16,6 +17,7 @@ app.command("send")(sender.send)
 app.command("run")(local.run)
 app.command("healthcheck")(local.healthcheck)
 app.add_typer(dlq.app, name="dlq")
+app.command("status")(status.status)
 
 
 @app.command()
@@ -51,7 +53,13 @@ def worker() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    # `status --watch` without a number means every 2 s (click has no optional option values).
+    args = sys.argv[1:]
+    if "--watch" in args:
+        at = args.index("--watch") + 1
+        if at == len(args) or args[at].startswith("-"):
+            args.insert(at, "2")
+    app(args)
 
 
 __all__ = ["app", "main"]

@@ -152,7 +152,7 @@ def healthcheck(
 
 async def _worker_alive(url: str, interval_s: float) -> bool:
     from service import queue  # noqa: PLC0415
-    from workers.main import WORKERS_KEY  # noqa: PLC0415
+    from service.stats import WORKERS_KEY  # noqa: PLC0415
 
     client = queue.connect(url, timeout_s=3)
     try:

@@ -1,0 +1,146 @@
+"""`GET /metrics`: Prometheus text format.
+
+Two kinds of series, both prefixed `oa_webhooks_`:
+
+- per API process: `http_requests_total{status}` and `signature_failures_total{reason}`
+  (sum them over replicas);
+- system-wide, read from Redis at scrape time (the same on every replica, so aggregate them
+  with `max`, not `sum`): queue gauges, event counters by type, handler-duration and
+  end-to-end latency histograms, live workers, the time of the last received event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from service.state import runtime_of
+from service.stats import HANDLER_BUCKETS_S, LATENCY_BUCKETS_S, SEPARATOR, Snapshot, read_snapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from starlette.requests import Request
+
+PREFIX = "oa_webhooks"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# `_created` series double the output and mean nothing for counters that live in Redis.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+REQUESTS = Counter(
+    f"{PREFIX}_http_requests", "Webhook requests answered, by status code (this process).", ["status"]
+)
+SIGNATURE_FAILURES = Counter(
+    f"{PREFIX}_signature_failures",
+    "Requests refused for their signature, by reason (this process).",
+    ["reason"],
+)
+_EVENT_COUNTERS = {
+    "received": "Events accepted (202), by type.",
+    "processed": "Events whose handlers all succeeded (or that no handler matched), by type.",
+    "retried": "Event runs that ended with a retry scheduled, by type.",
+    "failed": "Events dead-lettered, by type.",
+    "unhandled": "Events that no handler matched, by type.",
+}
+_METRIC_NAMES = {"failed": "dead_lettered"}
+
+
+def _histogram(
+    name: str, doc: str, raw: dict[str, float], buckets: tuple[float, ...], labels: list[str]
+) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    series: dict[tuple[str, ...], dict[str, float]] = {}
+    for field, value in raw.items():
+        *parts, slot = field.split(SEPARATOR)
+        series.setdefault(tuple(parts[: len(labels)]), {})[slot] = value
+    for key, slots in sorted(series.items()):
+        cumulative, points = 0.0, []
+        for index, bound in enumerate([*buckets, float("inf")]):
+            cumulative += slots.get(str(index), 0)
+            points.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        family.add_metric(list(key), points, sum_value=slots.get("sum", 0.0))
+    return family
+
+
+class SnapshotCollector(Collector):
+    """Turns one `Snapshot` into metric families."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every system-wide series."""
+        s = self.snapshot
+        for name, doc, value in (
+            ("queue_ready_events", "Events due to run now, not yet claimed by a worker.", s.ready),
+            ("queue_scheduled_events", "Events waiting for a retry.", s.scheduled),
+            ("queue_in_progress_events", "Events being run by a worker.", s.in_progress),
+            ("dead_letter_events", "Dead-lettered events awaiting replay or purge.", s.dead),
+            (
+                "oldest_ready_age_seconds",
+                "Age of the oldest event due to run (the lag).",
+                s.oldest_ready_age_s,
+            ),
+            ("live_workers", "Workers with a heartbeat in the last three intervals.", len(s.workers)),
+            (
+                "last_received_timestamp_seconds",
+                "When the last event was accepted (Unix time).",
+                s.last_received_s or 0,
+            ),
+        ):
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        for name, doc in _EVENT_COUNTERS.items():
+            family = CounterMetricFamily(
+                f"{PREFIX}_events_{_METRIC_NAMES.get(name, name)}", doc, labels=["type"]
+            )
+            for event_type, count in sorted(s.per_type(name).items()):
+                family.add_metric([event_type], count)
+            yield family
+        yield CounterMetricFamily(
+            f"{PREFIX}_duplicates", "Redeliveries answered 200.", value=s.total("duplicate")
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_conflicts", "Reused ids with another body (409).", value=s.total("conflict")
+        )
+        secrets = CounterMetricFamily(
+            f"{PREFIX}_secret_matches",
+            "Accepted events by the position (0-based) of the secret that verified them.",
+            labels=["secret_index"],
+        )
+        for index, count in sorted(s.per_type("secret").items()):
+            secrets.add_metric([index], count)
+        yield secrets
+        yield _histogram(
+            f"{PREFIX}_handler_duration_seconds",
+            "Handler run time, by event type and handler.",
+            s.handler_histogram,
+            HANDLER_BUCKETS_S,
+            ["type", "handler"],
+        )
+        yield _histogram(
+            f"{PREFIX}_end_to_end_latency_seconds",
+            "From receipt to the success of the last handler, by event type.",
+            s.latency_histogram,
+            LATENCY_BUCKETS_S,
+            ["type"],
+        )
+
+
+async def metrics(request: Request) -> Response:
+    """Per-process counters, then the system-wide figures read from Redis (503 if Redis is away)."""
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    try:
+        async with asyncio.timeout(settings.redis_timeout_s):
+            snapshot = await read_snapshot(runtime.redis, heartbeat_interval_s=settings.heartbeat_interval_s)
+    except (RedisError, OSError, TimeoutError):
+        return Response(generate_latest(REGISTRY), status_code=503, media_type=CONTENT_TYPE)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return Response(generate_latest(REGISTRY) + generate_latest(registry), media_type=CONTENT_TYPE)
