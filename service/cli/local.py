@@ -22,9 +22,12 @@ from redis.exceptions import RedisError
 
 from service.settings import load_settings_or_exit
 
-# The same commands as docker-compose.yml's `api` and `worker` services.
-API_COMMAND = ["oa-webhooks", "api"]
-WORKER_COMMAND = ["oa-webhooks", "worker"]
+# The same commands as docker-compose.yml's `api` and `worker` services, from this virtualenv
+# (make runs us without activating it).
+_SCRIPT = Path(sys.executable).parent / "oa-webhooks"
+_BINARY = str(_SCRIPT) if _SCRIPT.exists() else "oa-webhooks"
+API_COMMAND = [_BINARY, "api"]
+WORKER_COMMAND = [_BINARY, "worker"]
 DATA_DIR = Path(".data/redis")
 
 
@@ -84,7 +87,7 @@ def _start_redis(url: str) -> subprocess.Popen[bytes]:
     )
     for _ in range(50):
         if _redis_answers(url):
-            typer.echo(f"started redis-server on 127.0.0.1:{port} (data in {DATA_DIR})")
+            typer.echo(f"started redis-server on 127.0.0.1:{port} (data and redis.log in {DATA_DIR})")
             return process
         time.sleep(0.1)
     process.terminate()
