@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from service import queue
+from service.batching import ScriptBatcher
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -111,7 +112,8 @@ class Ledger:
     def __init__(self, redis: Redis, *, queue_expiry_ms: int) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
-        self._accept = redis.register_script(_ACCEPT)
+        # Concurrent requests' accepts share round trips (see service/batching.py).
+        self._accept = ScriptBatcher(redis, _ACCEPT)
         self._requeue_if_lost = redis.register_script(_REQUEUE_IF_LOST)
 
     async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
@@ -119,7 +121,7 @@ class Ledger:
         sha256 = hashlib.sha256(body).hexdigest()
         job = queue.encode_job(envelope.id, envelope.type, enqueue_ms=now_ms)
         reply = await self._accept(
-            keys=[
+            [
                 event_key(envelope.id),
                 queue.job_key(envelope.id),
                 queue.QUEUE_NAME,
@@ -127,7 +129,7 @@ class Ledger:
                 STATS_KEY,
                 minute_stats_key(now_ms),
             ],
-            args=[
+            [
                 envelope.id,
                 body,
                 sha256,
