@@ -126,6 +126,7 @@ def test_status_and_metrics_report_a_known_mix(ops_stack: Stack, redis_sync: Red
 
 def test_lag_grows_without_workers_and_falls_back(ops_stack: Stack) -> None:
     """With workers stopped the lag grows and status exits 1; once a worker is back it drains to zero."""
+    wait_for(lambda: status_json(ops_stack)[0] == 0, timeout_s=20, what="the worker's first heartbeat")
     ops_stack.worker.stop()
     code, status = status_json(ops_stack)
     assert code == 1

@@ -135,7 +135,9 @@ class _Stopper:
             return
         self.stopping.set()
         log.info("stopping: no new jobs; running handlers get %ss to finish", self.grace_s)
-        if self.worker:
+        # Before its poll loop runs, a worker has nothing to wind down (and arq's handler would
+        # miss the loop it starts a moment later): `_run_once` sees `stopping` and does not start.
+        if self.worker and self.worker.main_task is not None:
             self.worker.handle_sig_wait_for_completion(signum)
 
 
@@ -144,6 +146,8 @@ async def _run_once(worker: _Worker, redis: Any, stopper: _Stopper) -> bool:
     reconciler = asyncio.create_task(reconcile_forever(worker.ctx["oa"], worker_id=worker.worker_id))
     try:
         await redis.ping()
+        if stopper.stopping.is_set():
+            return False
         await worker.async_run()
     except asyncio.CancelledError:
         if not stopper.stopping.is_set():
