@@ -32,6 +32,11 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return ingest.error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
+async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    # Starlette still logs the traceback; the client learns nothing about our internals.
+    return ingest.error_response(500, "internal_error", "the request could not be processed")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; settings are read (and refused if invalid) when it starts, not at import."""
 
@@ -51,10 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await redis.aclose()
 
+    # No /docs, /redoc or /openapi.json, and no redirect from a trailing slash: one exact endpoint.
     app = FastAPI(
         title="Offerte Adviseur webhook receiver",
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
     )
     # Plain Starlette routes: no body model and no dependency graph on the hot path.
     app.router.routes.extend(

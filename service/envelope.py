@@ -3,21 +3,29 @@
 The API and the worker both call `parse_envelope`, so whatever the API accepts the worker
 can parse. It raises only `MalformedBody` subclasses, whatever the bytes:
 
-- `InvalidJSON` (HTTP 400): not UTF-8, a BOM, not JSON, duplicate keys, NaN/Infinity,
-  nesting or integers past Python's limits, trailing data;
+- `InvalidJSON` (HTTP 400): not UTF-8, a BOM, not JSON, trailing data, duplicate keys,
+  NaN/Infinity or a number too large for a double, an unpaired surrogate escape, nesting
+  deeper than `MAX_DEPTH`, or an integer past Python's digit limit (I-JSON, RFC 7493);
 - `InvalidEnvelope` (HTTP 422): JSON, but not an object with a valid `id`, `type` and `payload`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 MAX_ID_CHARS = 255
 MAX_TYPE_CHARS = 100
+# Far below Python's recursion limit, so a body the API accepts parses in any stack (the worker's).
+MAX_DEPTH = 64
 _BOM = b"\xef\xbb\xbf"
+# A `\uD800`-`\uDFFF` escape; only bodies with one need the (slower) unpaired-surrogate check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class MalformedBody(Exception):
@@ -67,7 +75,32 @@ def _reject_constant(name: str) -> None:
     raise InvalidJSON(f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJSON(f"the number {text[:40]} is too large for a double")
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant, parse_float=_finite_float
+)
+
+
+def _check_depth(document: Any) -> None:
+    """Refuse nesting deeper than `MAX_DEPTH`, one level of containers at a time."""
+    level = [document] if isinstance(document, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise InvalidJSON(f"JSON nested deeper than {MAX_DEPTH} levels")
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
 
 
 def parse_json(body: bytes) -> Any:
@@ -81,7 +114,7 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidJSON(f"the body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return _DECODER.decode(text)
+        document = _DECODER.decode(text)
     except InvalidJSON:
         raise
     except json.JSONDecodeError as exc:
@@ -92,6 +125,12 @@ def parse_json(body: bytes) -> Any:
     except ValueError as exc:
         # For example an integer past Python's digit limit.
         raise InvalidJSON(f"not valid JSON: {str(exc)[:120]}") from None
+    # Both checks are skipped, at C speed, for bodies that cannot fail them.
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        _check_depth(document)
+    if _SURROGATE_ESCAPE.search(body) and _SURROGATE.search(json.dumps(document, ensure_ascii=False)):
+        raise InvalidJSON("a JSON string holds an unpaired surrogate escape")
+    return document
 
 
 def _check_text(value: object, name: str, max_chars: int) -> str:

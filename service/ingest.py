@@ -1,6 +1,7 @@
 """`POST /webhooks/offerte-adviseur`: the receiving pipeline, one named step each, in order.
 
-1. `read_capped_body`  - the raw bytes, refused past `OA_MAX_BODY_BYTES` while reading (413);
+1. `read_capped_body`  - the raw bytes, refused past `OA_MAX_BODY_BYTES` while reading (413)
+                         or when they take longer than `OA_BODY_TIMEOUT_S` to arrive (408);
 2. `verify_signature`  - HMAC-SHA256 of those bytes against every configured secret (401);
 3. `parse_body`        - strict JSON and the envelope, only after the signature holds (400/422);
 4. `record`            - dedup, ledger and job in one atomic Redis step (200/409, 503);
@@ -15,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from service.envelope import Envelope, MalformedBody, parse_envelope
@@ -44,18 +46,32 @@ class Rejected(Exception):
         self.headers = headers
 
 
-async def read_capped_body(request: Request, *, max_bytes: int) -> bytes:
-    """Read the raw body, stopping as soon as it passes `max_bytes` (declared or streamed)."""
+# A refusal while the body is still coming closes the connection, so the server stops reading it.
+_CLOSE = {"Connection": "close"}
+
+
+async def read_capped_body(request: Request, *, max_bytes: int, timeout_s: float) -> bytes:
+    """Read the raw body, stopping as soon as it passes `max_bytes` (declared or streamed) or `timeout_s`."""
+    too_large = Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes", headers=_CLOSE)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        detail = f"the body did not arrive within {timeout_s:g} seconds"
+        raise Rejected(408, "body_timeout", detail, headers=_CLOSE) from None
+    except ClientDisconnect:
+        # Nobody will read this answer; it is for the log line.
+        detail = "the client closed the connection mid-body"
+        raise Rejected(400, "client_disconnected", detail, headers=_CLOSE) from None
     return b"".join(chunks)
 
 
@@ -136,7 +152,9 @@ async def receive_webhook(request: Request) -> JSONResponse:
     runtime = runtime_of(request)
     settings = runtime.settings
     try:
-        body = await read_capped_body(request, max_bytes=settings.max_body_bytes)
+        body = await read_capped_body(
+            request, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+        )
         verified = verify_signature(request, body, secrets=settings.secrets)
         envelope = parse_body(body)
         accepted = await record(runtime, envelope, body, verified)

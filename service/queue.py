@@ -64,13 +64,24 @@ def connect(url: str, *, timeout_s: float, max_connections: int | None = None) -
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
         max_connections=max_connections,
+        **tls_defaults(url),
     )
     return client
 
 
+def tls_defaults(url: str) -> dict[str, bool]:
+    """For `rediss://`: check the server's hostname too (redis-py only checks the chain by default).
+
+    A `?ssl_check_hostname=false` in the URL still wins, for a server reached by IP address.
+    """
+    return {"ssl_check_hostname": True} if url.startswith("rediss://") else {}
+
+
 def connect_arq(url: str, *, timeout_s: float) -> ArqRedis:
     """An arq client (for the worker and for `enqueue_job` of cron jobs), with our JSON serializer."""
-    pool = ConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    pool = ConnectionPool.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls_defaults(url)
+    )
     return ArqRedis(
         pool, job_serializer=serialize, job_deserializer=deserialize, default_queue_name=QUEUE_NAME
     )

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=30, gt=0)
     limit_concurrency: int = Field(default=1000, ge=1)
     keepalive_timeout_s: int = Field(default=5, ge=1)
+    header_timeout_s: float = Field(default=10, gt=0)
+    body_timeout_s: float = Field(default=30, gt=0)
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     access_log: bool = False
 
     # Worker side

@@ -14,6 +14,7 @@ from enum import StrEnum
 SIGNATURE_HEADER = "x-offerte-adviseur-signature"
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _HEX_LENGTH = 64
+_OPTIONAL_WHITESPACE = b" \t"
 
 
 class SignatureFailure(StrEnum):
@@ -40,14 +41,15 @@ def sign(body: bytes, secret: bytes) -> str:
 def verify(body: bytes, signatures: list[bytes], secrets: tuple[bytes, ...]) -> Verified | SignatureFailure:
     """Check the raw signature header values (bytes, as received) against every configured secret.
 
-    Either case of hex is accepted. Every secret is compared, in constant time, so the time
-    taken does not say which one matched.
+    Either case of hex is accepted, and spaces or tabs around the value are ignored (they are
+    optional whitespace in HTTP, which most servers strip before we see them). Every secret is
+    compared, in constant time, so the time taken does not say which one matched.
     """
     if not signatures:
         return SignatureFailure.MISSING
     if len(signatures) > 1:
         return SignatureFailure.MULTIPLE
-    given = signatures[0]
+    given = signatures[0].strip(_OPTIONAL_WHITESPACE)
     if len(given) != _HEX_LENGTH or not _HEX_DIGITS.issuperset(given):
         return SignatureFailure.MALFORMED if given else SignatureFailure.MISSING
     given = given.lower()

@@ -23,22 +23,11 @@ app.command("status")(status.status)
 @app.command()
 def api() -> None:
     """Serve the webhook endpoint (uvicorn) on OA_HOST:OA_PORT."""
-    import uvicorn  # noqa: PLC0415 - only this command needs it
-
-    from service.app import create_app  # noqa: PLC0415
+    from service.server import serve  # noqa: PLC0415 - only this command needs uvicorn
 
     settings = load_settings_or_exit()
     configure(level=settings.log_level, fmt=settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=settings.access_log,
-        log_config=None,
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keepalive_timeout_s,
-        server_header=False,
-    )
+    serve(settings)
 
 
 @app.command()

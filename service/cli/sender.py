@@ -45,8 +45,13 @@ def sample_body(
 
 
 def _read_data(data: str) -> dict[str, Any]:
-    text = Path(data[1:]).read_text(encoding="utf-8") if data.startswith("@") else data
-    value = json.loads(text)
+    try:
+        text = Path(data[1:]).read_text(encoding="utf-8") if data.startswith("@") else data
+        value = json.loads(text)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {data[1:]}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--data is not JSON ({str(exc)[:80]})") from None
     if not isinstance(value, dict):
         raise typer.BadParameter("--data must be a JSON object (the payload)")
     return value
