@@ -33,3 +33,45 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+.PHONY: fuzz audit
+
+## make fuzz: fuzz the verify-and-parse path for 50 seconds, then stop (make test runs a 3-second smoke).
+fuzz: $(STAMP)
+	OA_FUZZ_SECONDS=50 $(BIN)/pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+
+## make audit: check the installed dependencies for known vulnerabilities with pip-audit (in its own venv).
+## Offline, or when the database knows none of our packages, it says that nothing was checked and exits 0.
+AUDIT_VENV := $(VENV)/.audit
+audit: $(STAMP)
+	@if [ ! -x $(AUDIT_VENV)/bin/pip-audit ]; then \
+	  { $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet 'pip-audit>=2.7,<3'; } \
+	  || { echo "make audit: could not install pip-audit (offline?): nothing was checked"; rm -rf $(AUDIT_VENV); exit 0; }; fi
+	@rm -f $(AUDIT_VENV)/report.json; \
+	$(AUDIT_VENV)/bin/pip-audit --path "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  --skip-editable --progress-spinner off --timeout 15 --format json --output $(AUDIT_VENV)/report.json \
+	  2> $(AUDIT_VENV)/stderr.txt; \
+	$(BIN)/python -c "$$AUDIT_SUMMARY" $$? $(AUDIT_VENV)
+
+define AUDIT_SUMMARY
+import json, pathlib, re, sys
+status, folder = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+report, errors = folder / "report.json", (folder / "stderr.txt").read_text(errors="replace")
+offline = re.search(r"ConnectionError|Max retries|name resolution|timed out|unreachable|SSLError", errors)
+if not report.exists() or not report.read_text().strip():
+    if offline:
+        sys.exit(print("make audit: the vulnerability database could not be reached (offline?): nothing was checked"))
+    sys.exit(print(errors[-3000:], file=sys.stderr) or status or 1)
+deps = json.loads(report.read_text())["dependencies"]
+audited = [d for d in deps if "skip_reason" not in d]
+if not audited:
+    sys.exit(print(f"make audit: the vulnerability database knows none of the {len(deps)} installed packages "
+                   "(offline or a mirror without it?): nothing was checked"))
+found = [d for d in audited if d["vulns"]]
+for d in found:
+    fixes = sorted({v for x in d["vulns"] for v in x["fix_versions"]})
+    print(f"{d['name']} {d['version']}: {', '.join(x['id'] for x in d['vulns'])} (fixed in: {', '.join(fixes) or '-'})")
+print(f"make audit: {len(found)} vulnerable of {len(audited)} audited packages ({len(deps) - len(audited)} skipped)")
+sys.exit(1 if found else 0)
+endef
+export AUDIT_SUMMARY

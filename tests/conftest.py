@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -15,12 +15,15 @@ from service import queue
 from service.app import create_app
 from service.settings import Settings
 from service.signature import SIGNATURE_HEADER, sign
-from tests.processes import Stack
-from tests.redis_server import RedisServer
+from tests.processes import Service, Stack, service_env, wait_until_ready
+from tests.redis_server import RedisServer, free_port
 from workers import registry
 from workers.journal import Journal
 from workers.retry import Backoff
 from workers.runtime import WorkerState
+
+if TYPE_CHECKING:
+    from tests.raw_http import Api
 
 SECRET = "whsec_test_secret_0123456789"
 ENDPOINT = "/webhooks/offerte-adviseur"
@@ -131,3 +134,19 @@ def stack(tmp_path: Path, redis_url: str) -> Iterator[Stack]:
     running = Stack(tmp_path, redis_url, SECRET)
     yield running
     running.close()
+
+
+@pytest.fixture(scope="module")
+def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One API process for the module, with 1-second head and body timeouts so stalls end fast."""
+    port = free_port()
+    env = service_env(redis_server.url, SECRET, port, OA_HEADER_TIMEOUT_S="1", OA_BODY_TIMEOUT_S="1")
+    service = Service("api", env, Path(tmp_path_factory.mktemp("api")) / "api.log")
+    service.start()
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}")
+        from tests.raw_http import Api  # noqa: PLC0415 - raw_http imports this module
+
+        yield Api(port, service)
+    finally:
+        service.stop()
