@@ -55,6 +55,58 @@ return out
 """
 
 
+# One script instead of a MULTI of a dozen commands: the same atomicity, far less client CPU.
+# KEYS: event, job, pending, dead, stats, minute stats, handler histogram, latency histogram
+# ARGV: id, outcome, now ms, retention s, queue expiry ms, type, minute ttl s,
+#       latency bucket field, latency sum field, latency s,
+#       n changed handlers, (field, state json) * n, n durations, (bucket field, sum field, s) * n
+_FINISH = """
+local id, outcome, now, type = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
+local i = 12
+for _ = 1, tonumber(ARGV[11]) do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local durations = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, durations do
+  redis.call('HINCRBY', KEYS[7], ARGV[i], 1)
+  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+if ARGV[8] ~= '' then
+  redis.call('HINCRBY', KEYS[8], ARGV[8], 1)
+  redis.call('HINCRBYFLOAT', KEYS[8], ARGV[9], ARGV[10])
+end
+local counter
+if outcome == 'retry' then
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+  -- arq never refreshes a job's expiry on retry; we do, so a long schedule cannot expire.
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  counter = 'retried'
+elseif outcome == 'dead' then
+  redis.call('HSET', KEYS[1], 'state', 'dead', 'dead_ms', now)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZADD', KEYS[4], now, id)
+  counter = 'failed'
+else
+  redis.call('HSET', KEYS[1], 'state', 'done', 'done_ms', now)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZREM', KEYS[3], id)
+  counter = 'processed'
+  if outcome == 'unhandled' then
+    redis.call('HINCRBY', KEYS[5], 'unhandled_total', 1)
+    redis.call('HINCRBY', KEYS[5], 'unhandled:' .. type, 1)
+    redis.call('HINCRBY', KEYS[6], 'unhandled', 1)
+  end
+end
+redis.call('HINCRBY', KEYS[5], counter .. '_total', 1)
+redis.call('HINCRBY', KEYS[5], counter .. ':' .. type, 1)
+redis.call('HINCRBY', KEYS[6], counter, 1)
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+"""
+
+
 class HandlerStatus(StrEnum):
     """Where one handler stands for one event."""
 
@@ -116,6 +168,7 @@ class Journal:
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
         self._begin = redis.register_script(_BEGIN)
+        self._finish = redis.register_script(_FINISH)
 
     async def begin(self, event_id: str, handler_names: list[str], *, now_ms: int) -> Claimed | str | None:
         """Mark the event `processing` and count an attempt for each due handler, atomically.
@@ -145,44 +198,40 @@ class Journal:
         durations_s: dict[str, float] | None = None,
         latency_s: float | None = None,
     ) -> None:
-        """Record the handlers that ran and the event's new state, with its counters, in one transaction.
+        """Record the handlers that ran and the event's new state, with its counters, in one script.
 
         `durations_s` (per handler that ran) and `latency_s` (receipt to success) feed the histograms.
         """
-        key = event_key(event_id)
-        minute = minute_stats_key(now_ms)
-        async with self.redis.pipeline(transaction=True) as tx:
-            for name, seconds in (durations_s or {}).items():
-                series = f"{event_type}{SEPARATOR}{name}{SEPARATOR}"
-                tx.hincrby(HANDLER_HISTOGRAM_KEY, series + str(bucket_index(seconds, HANDLER_BUCKETS_S)), 1)
-                tx.hincrbyfloat(HANDLER_HISTOGRAM_KEY, series + "sum", seconds)
-            if latency_s is not None:
-                series = f"{event_type}{SEPARATOR}"
-                tx.hincrby(LATENCY_HISTOGRAM_KEY, series + str(bucket_index(latency_s, LATENCY_BUCKETS_S)), 1)
-                tx.hincrbyfloat(LATENCY_HISTOGRAM_KEY, series + "sum", latency_s)
-            if changed:
-                tx.hset(key, mapping={f"h:{name}": state.to_json() for name, state in changed.items()})
-            if outcome is EventOutcome.RETRY:
-                tx.hset(key, mapping={"state": "queued"})
-                # arq never refreshes a job's expiry on retry; we do, so a long schedule cannot expire.
-                tx.pexpire(queue.job_key(event_id), self.queue_expiry_ms)
-                counter = "retried"
-            elif outcome is EventOutcome.DEAD:
-                tx.hset(key, mapping={"state": "dead", "dead_ms": now_ms})
-                tx.zrem(PENDING_KEY, event_id)
-                tx.zadd(DEAD_KEY, {event_id: now_ms})
-                counter = "failed"
-            else:
-                tx.hset(key, mapping={"state": "done", "done_ms": now_ms})
-                tx.expire(key, self.retention_s)
-                tx.zrem(PENDING_KEY, event_id)
-                counter = "processed"
-                if outcome is EventOutcome.UNHANDLED:
-                    tx.hincrby(STATS_KEY, "unhandled_total", 1)
-                    tx.hincrby(STATS_KEY, f"unhandled:{event_type}", 1)
-                    tx.hincrby(minute, "unhandled", 1)
-            tx.hincrby(STATS_KEY, f"{counter}_total", 1)
-            tx.hincrby(STATS_KEY, f"{counter}:{event_type}", 1)
-            tx.hincrby(minute, counter, 1)
-            tx.expire(minute, MINUTE_STATS_TTL_S)
-            await tx.execute()
+        latency: list[str | int | float] = ["", "", 0.0]
+        if latency_s is not None:
+            series = f"{event_type}{SEPARATOR}"
+            latency = [series + str(bucket_index(latency_s, LATENCY_BUCKETS_S)), series + "sum", latency_s]
+        args: list[str | int | float] = [
+            event_id,
+            outcome.value,
+            now_ms,
+            self.retention_s,
+            self.queue_expiry_ms,
+            event_type,
+            MINUTE_STATS_TTL_S,
+            *latency,
+            len(changed),
+        ]
+        for name, state in changed.items():
+            args += [f"h:{name}", state.to_json()]
+        durations = durations_s or {}
+        args.append(len(durations))
+        for name, seconds in durations.items():
+            series = f"{event_type}{SEPARATOR}{name}{SEPARATOR}"
+            args += [series + str(bucket_index(seconds, HANDLER_BUCKETS_S)), series + "sum", seconds]
+        keys = [
+            event_key(event_id),
+            queue.job_key(event_id),
+            PENDING_KEY,
+            DEAD_KEY,
+            STATS_KEY,
+            minute_stats_key(now_ms),
+            HANDLER_HISTOGRAM_KEY,
+            LATENCY_HISTOGRAM_KEY,
+        ]
+        await self._finish(keys=keys, args=args)

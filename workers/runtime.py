@@ -179,7 +179,9 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
         durations_s={name: took for name, (_, took) in zip(claimed.due, results, strict=True)},
         latency_s=(now_ms - claimed.received_ms) / 1000 if outcome is EventOutcome.DONE else None,
     )
-    log.info("event %s", outcome.value, extra=fields | {"outcome": outcome.value})
+    # Each handler already logged its outcome; a line per event adds news only when it is not done.
+    level = logging.DEBUG if outcome is EventOutcome.DONE else logging.INFO
+    log.log(level, "event %s", outcome.value, extra=fields | {"outcome": outcome.value})
     if outcome is EventOutcome.RETRY:
         next_ms = min(s.next_ms for s in states.values() if s.state is HandlerStatus.PENDING)
         raise Retry(defer=max(0, next_ms - now_ms) / 1000)
