@@ -75,3 +75,10 @@ print(f"make audit: {len(found)} vulnerable of {len(audited)} audited packages (
 sys.exit(1 if found else 0)
 endef
 export AUDIT_SUMMARY
+
+## make bench: throughput, latency, zero loss and memory of ingest and worker (issue 6); < 5 min.
+## Starts its own durable redis-server, the servers and workers, and wrk (Debian's, installed if
+## missing); prints PASS/FAIL per target and writes bench-results.json.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run

@@ -1,0 +1,59 @@
+"""Unique, correctly signed event bodies of about 400 bytes, shaped like the provider's real payloads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from service.cli.sender import SAMPLES
+from service.signature import SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SECRET = "whsec_bench_5f0c7e2a9b6d41c8a3e2"  # noqa: S105 - signs the bench's own test events
+TARGET_BYTES = 400
+_TYPES = sorted(SAMPLES)
+# What a real lead or invoice carries besides the documented sample fields (fictitious data).
+_LEAD_EXTRA = {
+    "name": "J. de Vries",
+    "email": "j.devries@example.nl",
+    "phone": "+31 6 12345678",
+    "postal_code": "1234 AB",
+    "city": "Utrecht",
+    "comment": "",
+}
+_INVOICE_EXTRA = {"amount_cents": 4950, "currency": "EUR", "leads": 1, "comment": ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """One request: the event id, its raw body and the signature header value."""
+
+    event_id: str
+    body: bytes
+    signature: str
+
+    def headers(self) -> dict[str, str]:
+        """The headers the provider sends with it."""
+        return {"content-type": "application/json", SIGNATURE_HEADER: self.signature}
+
+
+def body(event_id: str, event_type: str) -> bytes:
+    """A sample event of `event_type`, its comment padded so that the body is `TARGET_BYTES` long."""
+    extra = _LEAD_EXTRA if event_type.startswith("lead.") else _INVOICE_EXTRA
+    payload: dict[str, Any] = {**SAMPLES[event_type], **extra}
+    envelope = {"id": event_id, "type": event_type, "payload": payload}
+    short = len(json.dumps(envelope).encode())
+    payload["comment"] = "x" * max(0, TARGET_BYTES - short)
+    return json.dumps(envelope).encode()
+
+
+def signed(prefix: str, count: int, *, secret: str = SECRET) -> Iterator[Signed]:
+    """`count` distinct events `<prefix>_0000000`, ...; the types take turns."""
+    key = secret.encode()
+    for index in range(count):
+        event_id = f"{prefix}_{index:07d}"
+        raw = body(event_id, _TYPES[index % len(_TYPES)])
+        yield Signed(event_id, raw, sign(raw, key))

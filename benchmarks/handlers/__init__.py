@@ -1,0 +1,1 @@
+"""The benchmark's handler package (OA_HANDLERS_PACKAGE=benchmarks.handlers)."""

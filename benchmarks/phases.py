@@ -1,0 +1,173 @@
+"""The phases of a run: A/B/C ingest, C's events drained by our worker (D, and G for C), bare arq
+(E), and the steady-rate latency run (F, with G for F). Each phase that writes starts on an empty Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+
+from benchmarks import bare_arq, httpx_load
+from benchmarks.bodies import signed
+from benchmarks.measures import LoadResult, Runs, Tally, drain_rate
+from benchmarks.stack import data_memory, start_worker
+from service.ingest import PATH
+from service.ledger import PENDING_KEY, STATS_KEY
+from service.stats import WORKERS_KEY
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from redis import Redis
+
+    from benchmarks.loader import Loader
+    from benchmarks.plan import Plan
+    from benchmarks.stack import Proc
+
+
+@dataclass
+class Bench:
+    """What every phase uses: the plan, the work directory, Redis, the load generator, the servers."""
+
+    plan: Plan
+    work: Path
+    redis: Redis
+    redis_url: str
+    loader: Loader
+    servers: dict[str, tuple[Proc, int]]
+
+    def url(self, kind: str) -> str:
+        """The endpoint of server `kind` (`raw`, `naive`, `ours`)."""
+        return f"http://127.0.0.1:{self.servers[kind][1]}{PATH}"
+
+    def stored(self) -> int:
+        """Events our ledger accepted since the last FLUSHALL."""
+        return int(cast("bytes | None", self.redis.hget(STATS_KEY, "received_total")) or 0)
+
+
+@dataclass
+class WorkerRun:
+    """A worker's probe notes and its RSS just before it was stopped."""
+
+    runs: Runs = field(default_factory=dict)
+    rss_mb: float = math.nan
+    complete: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Handler starts per second."""
+        return drain_rate(self.runs)
+
+
+@dataclass
+class OursRound:
+    """C then D on C's events: ingest, drain, G, and Redis memory per event."""
+
+    load: LoadResult
+    worker: WorkerRun
+    tally: Tally
+    queued_bytes_per_event: float
+    retained_bytes_per_event: float
+
+
+@dataclass
+class LatencyRun:
+    """F: the steady-rate run, per event from its 202 (and from its send) to its handler's start."""
+
+    load: LoadResult
+    worker: WorkerRun
+    tally: Tally
+    from_202_ms: list[float]
+    from_send_ms: list[float]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
+    """Poll `predicate` until it holds or `timeout_s` passes; returns whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
+@contextlib.contextmanager
+def running_worker(bench: Bench, name: str, *, bare: bool = False) -> Iterator[WorkerRun]:
+    """Run a worker (ours with the probe handler, or bare arq) for the block; its notes after it."""
+    probe = bench.work / f"{name}.json"
+    probe.unlink(missing_ok=True)
+    proc = start_worker(name, bench.redis_url, bench.work, probe, bare=bare)
+    result = WorkerRun()
+    try:
+        yield result
+    finally:
+        if proc.alive():
+            result.rss_mb = proc.rss_mb()
+        proc.stop()
+        if probe.exists():
+            result.runs = json.loads(probe.read_text(encoding="utf-8"))
+
+
+def ingest(bench: Bench, kind: str, set_name: str) -> LoadResult:
+    """A or B: post for `ingest_s` (B on an empty Redis)."""
+    if kind != "raw":
+        bench.redis.flushall()
+    return bench.loader.run(bench.url(kind), set_name, duration_s=bench.plan.ingest_s)
+
+
+def ours(bench: Bench, rep: int) -> OursRound:
+    """C: post N events once each through our API; D: one worker drains exactly those; G for C."""
+    bench.redis.flushall()
+    empty = data_memory(bench.redis)
+    load = bench.loader.run(bench.url("ours"), f"c{rep}", progress=bench.stored)
+    stored = bench.stored()
+    queued = data_memory(bench.redis)
+    with running_worker(bench, f"worker-d{rep}") as worker:
+        worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, bench.plan.drain_timeout_s)
+    acknowledged = set(load.acknowledged) if load.acknowledged is not None else load.accepted
+    return OursRound(
+        load=load,
+        worker=worker,
+        tally=Tally.of(acknowledged, stored, worker.runs),
+        queued_bytes_per_event=(queued - empty) / max(1, stored),
+        retained_bytes_per_event=(data_memory(bench.redis) - empty) / max(1, stored),
+    )
+
+
+def bare(bench: Bench, rep: int) -> WorkerRun:
+    """E: N no-op jobs queued with arq's `enqueue_job`, drained by one tuned bare arq worker."""
+    bench.redis.flushall()
+    events = ((event.event_id, "lead.created") for event in signed(f"e{rep}", bench.plan.events))
+    asyncio.run(bare_arq.prequeue(bench.redis_url, events))
+    with running_worker(bench, f"worker-e{rep}", bare=True) as worker:
+        worker.complete = wait_until(
+            lambda: bench.redis.zcard(bare_arq.QUEUE) == 0, bench.plan.drain_timeout_s
+        )
+    return worker
+
+
+def latency(bench: Bench) -> LatencyRun:
+    """F: offer events at a steady rate to our API while one worker runs them; G for F."""
+    bench.redis.flushall()
+    plan = bench.plan
+    events = list(signed("f", int(plan.latency_rate * plan.latency_s)))
+    with running_worker(bench, "worker-f") as worker:
+        if not wait_until(lambda: cast("int", bench.redis.zcard(WORKERS_KEY)) > 0, 30):
+            raise RuntimeError(f"the F worker did not start; see {bench.work}/worker-f.log")
+        load = asyncio.run(httpx_load.open_loop(bench.url("ours"), events, rate=plan.latency_rate))
+        worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, plan.drain_timeout_s)
+    acknowledged = load.acknowledged or {}
+    ran = [(event_id, at) for event_id, at in acknowledged.items() if worker.runs.get(event_id)]
+    return LatencyRun(
+        load=load,
+        worker=worker,
+        tally=Tally.of(set(acknowledged), bench.stored(), worker.runs),
+        from_202_ms=[(worker.runs[event_id][0] - at) * 1000 for event_id, at in ran],
+        from_send_ms=[(worker.runs[event_id][0] - load.sent_at[event_id]) * 1000 for event_id, _ in ran],
+    )

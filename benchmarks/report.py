@@ -1,0 +1,183 @@
+"""Medians, the issue's targets with PASS/FAIL, the printed table and bench-results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.measures import median, percentile
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from benchmarks.measures import LoadResult
+    from benchmarks.phases import LatencyRun, OursRound, WorkerRun
+
+
+@dataclass
+class Results:
+    """Everything one run measured, per repetition."""
+
+    mode: str
+    loadgen: str
+    limit: list[LoadResult] = field(default_factory=list)
+    naive: list[LoadResult] = field(default_factory=list)
+    ours: list[OursRound] = field(default_factory=list)
+    bare: list[WorkerRun] = field(default_factory=list)
+    latency: LatencyRun | None = None
+    api_rss_mb: float = math.nan
+    wall_s: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def _rps(load: LoadResult) -> float:
+    return load.accepted / load.duration_s if load.duration_s else math.nan
+
+
+def summarize(r: Results) -> dict[str, Any]:
+    """The medians under the issue's key names, with the per-repetition values beside them."""
+    limit = [_rps(x) for x in r.limit]
+    naive = [_rps(x) for x in r.naive]
+    ours = [_rps(x.load) for x in r.ours]
+    worker = [x.worker.rate for x in r.ours]
+    bare = [x.rate for x in r.bare]
+    tallies = [x.tally for x in r.ours] + ([r.latency.tally] if r.latency else [])
+    workers_rss = [x.worker.rss_mb for x in r.ours] + ([r.latency.worker.rss_mb] if r.latency else [])
+    f_202 = r.latency.from_202_ms if r.latency else []
+    f_send = r.latency.from_send_ms if r.latency else []
+    out: dict[str, Any] = {
+        "ingest_limit_rps": median(limit),
+        "ingest_naive_rps": median(naive),
+        "ingest_rps": median(ours),
+        "worker_events_per_s": median(worker),
+        "worker_bare_arq_per_s": median(bare),
+        "latency_p50_ms": percentile(f_202, 50),
+        "latency_p99_ms": percentile(f_202, 99),
+        "lost": sum(t.lost for t in tallies),
+        "duplicated": sum(t.duplicated for t in tallies),
+        "api_rss_mb": r.api_rss_mb,
+        "worker_rss_mb": max([x for x in workers_rss if not math.isnan(x)], default=math.nan),
+        "redis_bytes_per_event": median(x.retained_bytes_per_event for x in r.ours),
+    }
+    out["ratio_C_A"] = _ratio(out["ingest_rps"], out["ingest_limit_rps"])
+    out["ratio_C_B"] = _ratio(out["ingest_rps"], out["ingest_naive_rps"])
+    out["ratio_D_E"] = _ratio(out["worker_events_per_s"], out["worker_bare_arq_per_s"])
+    out["details"] = {
+        "mode": r.mode,
+        "load_generator": r.loadgen,
+        "wall_time_s": r.wall_s,
+        "repetitions": {"A": limit, "B": naive, "C": ours, "D": worker, "E": bare},
+        "ingest_latency_p99_ms": {
+            "A": median(x.p99_ms for x in r.limit),
+            "B": median(x.p99_ms for x in r.naive),
+            "C": median(x.load.p99_ms for x in r.ours),
+        },
+        "zero_loss": {
+            "C": [vars(x.tally) for x in r.ours],
+            "F": vars(r.latency.tally) if r.latency else None,
+        },
+        "latency_offered": {
+            "events": r.latency.load.completed + r.latency.load.errors if r.latency else 0,
+            "seconds": r.latency.load.duration_s if r.latency else math.nan,
+        },
+        "latency_from_send_p50_ms": percentile(f_send, 50),
+        "latency_from_send_p99_ms": percentile(f_send, 99),
+        "redis_bytes_per_queued_event": median(x.queued_bytes_per_event for x in r.ours),
+        "worker_rss_mb_each": workers_rss,
+        "notes": r.notes,
+    }
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets: a label and a test of the summary."""
+
+    label: str
+    passes: Callable[[dict[str, Any]], bool]
+
+
+TARGETS = [
+    Target("C >= 2.5 x B", lambda s: s["ratio_C_B"] >= 2.5),
+    Target("D >= 600 events/s", lambda s: s["worker_events_per_s"] >= 600),
+    Target("D >= 0.8 x E", lambda s: s["ratio_D_E"] >= 0.8),
+    Target("latency p50 <= 50 ms", lambda s: s["latency_p50_ms"] <= 50),
+    Target("latency p99 <= 250 ms", lambda s: s["latency_p99_ms"] <= 250),
+    Target("zero lost, zero run twice", lambda s: s["lost"] == 0 and s["duplicated"] == 0),
+    Target("API RSS <= 150 MB", lambda s: s["api_rss_mb"] <= 150),
+    Target("worker RSS <= 150 MB", lambda s: s["worker_rss_mb"] <= 150),
+]
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _reps(values: list[float]) -> str:
+    return "[" + ", ".join(_n(v) for v in values) + "]"
+
+
+def table(s: dict[str, Any]) -> str:
+    """The printed report."""
+    d = s["details"]
+    reps = d["repetitions"]
+    zero = d["zero_loss"]
+    c_ack = sum(t["acknowledged"] for t in zero["C"])
+    c_runs = sum(t["runs"] for t in zero["C"])
+    rows = [
+        ("A  limit: raw ASGI, drain body, 202", f"{_n(s['ingest_limit_rps'])} req/s", _reps(reps["A"])),
+        ("B  naive: FastAPI + HMAC + arq", f"{_n(s['ingest_naive_rps'])} req/s", _reps(reps["B"])),
+        ("C  ours: oa-webhooks api", f"{_n(s['ingest_rps'])} req/s", _reps(reps["C"])),
+        ("   C / A", _n(s["ratio_C_A"], 2), ""),
+        ("   C / B", _n(s["ratio_C_B"], 2), ""),
+        ("D  ours: oa-webhooks worker, no-op", f"{_n(s['worker_events_per_s'])} ev/s", _reps(reps["D"])),
+        ("E  bare arq, tuned, no-op", f"{_n(s['worker_bare_arq_per_s'])} ev/s", _reps(reps["E"])),
+        ("   D / E", _n(s["ratio_D_E"], 2), ""),
+        ("F  202 -> handler start, p50", f"{_n(s['latency_p50_ms'], 1)} ms", ""),
+        ("F  202 -> handler start, p99", f"{_n(s['latency_p99_ms'], 1)} ms", ""),
+        ("G  C: 202s / handler runs", f"{c_ack:,} / {c_runs:,}", ""),
+        ("G  lost / run twice (C and F)", f"{s['lost']} / {s['duplicated']}", ""),
+        ("   API RSS after the run", f"{_n(s['api_rss_mb'], 1)} MB", ""),
+        ("   worker RSS after the run (max)", f"{_n(s['worker_rss_mb'], 1)} MB", ""),
+        ("   Redis per retained event", f"{_n(s['redis_bytes_per_event'])} B", ""),
+    ]
+    if zero["F"]:
+        f = zero["F"]
+        rows.insert(11, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [
+        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, E), F once; one uvicorn process",
+        "per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always",
+        "",
+        f"{'measure':<{width}}{'median':>16}   repetitions",
+        "-" * (width + 50),
+    ]
+    lines += [f"{label:<{width}}{value:>16}   {rep}".rstrip() for label, value, rep in rows]
+    lines += ["", "targets (issue 6):"]
+    lines += [f"  {'PASS' if t.passes(s) else 'FAIL'}  {t.label}" for t in TARGETS]
+    lines += [f"note: {note}" for note in d["notes"]]
+    lines.append(f"load generator: {d['load_generator']}; wall time {d['wall_time_s']:.0f} s ({d['mode']})")
+    return "\n".join(lines)
+
+
+def write(s: dict[str, Any], path: Path) -> None:
+    """bench-results.json: the summary, each target's verdict, NaN as null."""
+    verdicts = {t.label: t.passes(s) for t in TARGETS}
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(json.dumps(clean(s | {"targets": verdicts}), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,141 @@
+"""`make bench` (issue 6): ingest and worker throughput, latency, zero loss and memory, in one run.
+
+Starts its own durable redis-server, the three servers (A raw ASGI, B naive, C ours) and, per
+phase, one worker. Rounds of A, B, C, D, E (interleaved, `reps` times), then F. Prints a table
+with PASS/FAIL per target and writes bench-results.json. Exits 0 whatever the speed, 1 if an
+event was lost or run twice.
+
+    python -m benchmarks.run [--smoke] [--out FILE] [--work-dir DIR] [--loadgen auto|wrk|httpx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import phases, report
+from benchmarks.bodies import signed
+from benchmarks.loader import Loader
+from benchmarks.plan import FULL, SMOKE, Plan
+from benchmarks.stack import ROOT, Proc, start_redis, start_server
+from benchmarks.wrk_load import find_wrk
+
+DEFAULT_WORK = ROOT / "benchmarks" / ".work"
+_BUSY_SHARE = 0.2  # CPU share used by others before the start, above which the numbers are suspect
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _busy_share(seconds: float = 0.5) -> float:
+    """The share of all CPUs that was not idle over `seconds` (Linux /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text(encoding="utf-8").split()[1:9]]
+        return sum(fields), fields[3] + fields[4]
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _loader(choice: str, plan: Plan, work: Path, *, smoke: bool) -> Loader:
+    wrk = None if choice == "httpx" else find_wrk(install=not smoke)
+    if choice == "wrk" and wrk is None:
+        raise SystemExit("bench: wrk is not installed and could not be: apt-get install wrk")
+    if wrk is None and not smoke:
+        _say("bench: no wrk (apt-get install wrk); httpx generates the load, so A/B/C are client-bound")
+    return Loader(wrk, work, threads=plan.threads, connections=plan.connections)
+
+
+def _rounds(bench: phases.Bench, results: report.Results, started: float) -> None:
+    plan = bench.plan
+    for rep in range(plan.reps):
+        round_started = time.monotonic()
+        results.limit.append(phases.ingest(bench, "raw", "load"))
+        _say(f"  A {rep + 1}/{plan.reps}: {results.limit[-1].rps:,.0f} req/s")
+        results.naive.append(phases.ingest(bench, "naive", "load"))
+        _say(f"  B {rep + 1}/{plan.reps}: {results.naive[-1].rps:,.0f} req/s")
+        ours = phases.ours(bench, rep)
+        results.ours.append(ours)
+        _say(f"  C {rep + 1}/{plan.reps}: {ours.load.rps:,.0f} req/s ({ours.tally.stored:,} events)")
+        _say(f"  D {rep + 1}/{plan.reps}: {ours.worker.rate:,.0f} events/s")
+        results.bare.append(phases.bare(bench, rep))
+        _say(f"  E {rep + 1}/{plan.reps}: {results.bare[-1].rate:,.0f} events/s")
+        for load in (results.limit[-1], results.naive[-1]):
+            if load.exhausted:
+                results.notes.append(f"round {rep + 1}: a load run used up its bodies before its end")
+        if ours.tally.acknowledged != plan.events:
+            got = ours.tally.acknowledged
+            results.notes.append(f"round {rep + 1}: C got {got:,} of {plan.events:,} answers 202")
+        if not (ours.worker.complete and results.bare[-1].complete):
+            results.notes.append(f"round {rep + 1}: a drain did not finish in {plan.drain_timeout_s:g}s")
+        round_s = time.monotonic() - round_started
+        reserve_s = plan.latency_s + 15
+        if rep + 1 < plan.reps and time.monotonic() - started + round_s + reserve_s > plan.budget_s:
+            results.notes.append(f"only {rep + 1} of {plan.reps} rounds: the next would pass the time budget")
+            return
+
+
+def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Results:
+    """Start everything, run the rounds and F, stop everything; the per-repetition results."""
+    started = time.monotonic()
+    loader = _loader(loadgen, plan, work, smoke=smoke)
+    results = report.Results(mode="smoke" if smoke else "full", loadgen=loader.name)
+    busy = _busy_share()
+    if busy > _BUSY_SHARE:
+        results.notes.append(f"something else used {busy:.0%} of the CPUs as the run began: noisy numbers")
+    _say(f"bench: preparing {plan.load_bodies + plan.reps * plan.events:,} signed bodies in {work}")
+    loader.prepare("load", signed("load", plan.load_bodies))
+    for rep in range(plan.reps):
+        loader.prepare(f"c{rep}", signed(f"c{rep}", plan.events))
+    redis = start_redis(work / "redis")
+    servers: dict[str, tuple[Proc, int]] = {}
+    try:
+        for kind in ("raw", "naive", "ours"):
+            servers[kind] = start_server(kind, redis.url, work)
+        with redis.client() as client:
+            bench = phases.Bench(plan, work, client, redis.url, loader, servers)
+            _say(f"bench: {plan.reps} rounds of A, B, C, D, E; then F ({loader.name}, redis {redis.url})")
+            _rounds(bench, results, started)
+            _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")
+            results.latency = phases.latency(bench)
+            results.api_rss_mb = servers["ours"][0].rss_mb()
+    finally:
+        for proc, _port in servers.values():
+            proc.stop()
+        redis.stop()
+        loader.discard()
+        shutil.rmtree(work / "redis" / "appendonlydir", ignore_errors=True)
+    results.wall_s = time.monotonic() - started
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write the JSON; 1 only when an event was lost or run twice."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument("--work-dir", type=Path, default=None, help=f"default {DEFAULT_WORK} (emptied)")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "httpx"], default="auto")
+    args = parser.parse_args(argv)
+    if args.work_dir is None:
+        shutil.rmtree(DEFAULT_WORK, ignore_errors=True)
+        args.work_dir = DEFAULT_WORK
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    plan = SMOKE if args.smoke else FULL
+    summary = report.summarize(measure(plan, args.work_dir.resolve(), args.loadgen, smoke=args.smoke))
+    _say("")
+    _say(report.table(summary))
+    report.write(summary, args.out)
+    _say(f"wrote {args.out}")
+    return 1 if summary["lost"] or summary["duplicated"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
