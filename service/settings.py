@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = Field(default=21_600, ge=0)
     retry_jitter: float = Field(default=1.0, ge=0, le=1)
     worker_concurrency: int = Field(default=50, ge=1)
-    poll_delay_s: float = Field(default=0.05, gt=0)
+    poll_delay_s: float = Field(default=0.02, gt=0)
     reconcile_interval_s: int = Field(default=60, ge=1)
     heartbeat_interval_s: float = Field(default=5, gt=0)
     queue_expiry_days: float = Field(default=7, gt=0)

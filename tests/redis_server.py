@@ -64,6 +64,8 @@ class RedisServer:
             "",
             "--maxmemory-policy",
             "noeviction",
+            "--hash-max-listpack-value",
+            "1024",
             "--logfile",
             str(self.directory / "redis.log"),
         ]

@@ -57,6 +57,7 @@ def test_run_starts_redis_api_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -
             what="the example handler's log line",
         )
         assert (tmp_path / ".data" / "redis" / "appendonlydir").is_dir()
+        assert (tmp_path / ".data" / "redis" / "redis.log").stat().st_size > 0
     finally:
         os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         runner.wait(timeout=60)

@@ -83,6 +83,10 @@ def _start_redis(url: str) -> subprocess.Popen[bytes]:
             "",
             "--maxmemory-policy",
             "noeviction",
+            "--hash-max-listpack-value",
+            "1024",
+            "--logfile",
+            "redis.log",
         ]
     )
     for _ in range(50):
