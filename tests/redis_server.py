@@ -11,6 +11,8 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.cli.local import durable_redis_args
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -56,16 +58,7 @@ class RedisServer:
             "127.0.0.1",
             "--dir",
             str(self.directory),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            self.appendfsync,
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-            "--hash-max-listpack-value",
-            "1024",
+            *durable_redis_args(appendfsync=self.appendfsync),
             "--logfile",
             str(self.directory / "redis.log"),
         ]

@@ -45,6 +45,26 @@ def _ensure_env_file() -> None:
     typer.echo("wrote .env with a random OA_WEBHOOK_SECRET for local use; put your real secret there")
 
 
+def durable_redis_args(*, appendfsync: str = "always") -> list[str]:
+    """The flags of the compose Redis: every acknowledged event on disk, nothing evicted, compact hashes.
+
+    `hash-max-listpack-value 1024` keeps a ledger entry (a ~400-byte body) in Redis's compact hash
+    encoding: about 920 instead of 1,680 bytes per retained event (make bench).
+    """
+    return [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync,
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--hash-max-listpack-value",
+        "1024",
+    ]
+
+
 def _redis_answers(url: str) -> bool:
     try:
         with Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as client:
@@ -75,16 +95,7 @@ def _start_redis(url: str) -> subprocess.Popen[bytes]:
             "127.0.0.1",
             "--dir",
             str(DATA_DIR.resolve()),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-            "--hash-max-listpack-value",
-            "1024",
+            *durable_redis_args(),
             "--logfile",
             "redis.log",
         ]
