@@ -17,7 +17,6 @@ from redis.asyncio import ConnectionPool, Redis
 
 QUEUE_NAME = "oa:queue"
 JOB_FUNCTION = "process_event"
-RECONCILE_FUNCTION = "reconcile"
 
 
 def job_key(event_id: str) -> str:

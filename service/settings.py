@@ -120,11 +120,6 @@ class Settings(BaseSettings):
         return int(self.queue_expiry_days * 86_400_000)
 
     @property
-    def crash_redelivery_s(self) -> float:
-        """Upper bound on how long a job whose worker died waits before it runs again."""
-        return self.arq_job_timeout_s + 10
-
-    @property
     def arq_job_timeout_s(self) -> float:
         """Arq's own job timeout: ours plus a margin, so that our timeout always fires first."""
         return self.job_timeout_s + 5
