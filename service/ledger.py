@@ -114,7 +114,7 @@ class Ledger:
         self.queue_expiry_ms = queue_expiry_ms
         # Concurrent requests' accepts share round trips (see service/batching.py).
         self._accept = ScriptBatcher(redis, _ACCEPT)
-        self._requeue_if_lost = redis.register_script(_REQUEUE_IF_LOST)
+        self._requeue_if_lost = ScriptBatcher(redis, _REQUEUE_IF_LOST)
 
     async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
         """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict."""
@@ -146,14 +146,14 @@ class Ledger:
     async def requeue_if_lost(self, event_id: str, event_type: str, *, now_ms: int) -> str:
         """Give an unfinished event a new arq job if its job is gone; returns what was found."""
         reply = await self._requeue_if_lost(
-            keys=[
+            [
                 event_key(event_id),
                 queue.job_key(event_id),
                 queue.in_progress_key(event_id),
                 queue.QUEUE_NAME,
                 PENDING_KEY,
             ],
-            args=[
+            [
                 event_id,
                 now_ms,
                 queue.encode_job(event_id, event_type, enqueue_ms=now_ms),

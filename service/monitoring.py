@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
+from service.ingest import error_response
 from service.state import runtime_of
 
 if TYPE_CHECKING:
@@ -26,9 +27,6 @@ async def readyz(request: Request) -> JSONResponse:
         async with asyncio.timeout(runtime.settings.redis_timeout_s):
             await runtime.redis.ping()
     except (RedisError, OSError, TimeoutError):
-        return JSONResponse(
-            {"error": "redis_unavailable", "detail": "Redis did not answer a PING"},
-            status_code=503,
-            headers={"Retry-After": str(runtime.settings.retry_after_s)},
-        )
+        retry_after = {"Retry-After": str(runtime.settings.retry_after_s)}
+        return error_response(503, "redis_unavailable", "Redis did not answer a PING", retry_after)
     return JSONResponse({"status": "ready"})

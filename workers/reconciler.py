@@ -43,10 +43,13 @@ async def reconcile_pending(ledger: Ledger, *, now_ms: int, grace_ms: int = GRAC
             for raw_id in ids:
                 pipe.hget(event_key(raw_id.decode()), "type")
             types = await pipe.execute()
-        for raw_id, raw_type in zip(ids, types, strict=True):
-            event_id = raw_id.decode()
-            event_type = raw_type.decode() if raw_type else ""
-            result = await ledger.requeue_if_lost(event_id, event_type, now_ms=now_ms)
+        batch = [
+            (raw_id.decode(), raw_type.decode() if raw_type else "")
+            for raw_id, raw_type in zip(ids, types, strict=True)
+        ]
+        # Concurrent calls share pipelined round trips (service/batching.py), each still atomic.
+        results = await asyncio.gather(*(ledger.requeue_if_lost(i, t, now_ms=now_ms) for i, t in batch))
+        for (event_id, event_type), result in zip(batch, results, strict=True):
             found[result] = found.get(result, 0) + 1
             if result == "requeued":
                 log.warning(
