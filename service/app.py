@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -19,22 +20,51 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import Response
+    from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("oa.api")
 
 _ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _ERROR_CODES.get(exc.status_code, "http_error")
     return ingest.error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
-async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+async def _internal_error(_request: Request, _exc: Exception) -> Response:
     # Starlette still logs the traceback; the client learns nothing about our internals.
     return ingest.error_response(500, "internal_error", "the request could not be processed")
+
+
+class ReceiverApp(FastAPI):
+    """FastAPI, with `POST /webhooks/offerte-adviseur` served before its middleware and routing."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The webhook goes straight to `ingest.receive_webhook`; everything else through FastAPI."""
+        if scope["type"] == "http" and scope["path"] == ingest.PATH and scope["method"] == "POST":
+            await _webhook(self, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+async def _webhook(app: FastAPI, scope: Scope, receive: Receive, send: Send) -> None:
+    # Without FastAPI's error middleware around it, a bug must still end in our JSON 500.
+    try:
+        await ingest.receive_webhook(app.state.runtime, scope, receive, send)
+    except Exception:
+        log.exception("unexpected error in the webhook endpoint")
+        reply = ingest.Reply(500, ingest.error_body("internal_error", "the request could not be processed"))
+        await ingest.send_reply(send, reply)
+
+
+class _WebhookRoute:
+    """The endpoint for the router: FastAPI answers its other methods with 405."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _webhook(scope["app"], scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,17 +77,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning(
                 "OA_WEBHOOK_SECRET entry %d is shorter than 16 bytes; use a longer random secret", index + 1
             )
-        redis = queue.connect(current.redis_url.get_secret_value(), timeout_s=current.redis_timeout_s)
+        url, timeout_s = current.redis_url.get_secret_value(), current.redis_timeout_s
+        redis = queue.connect(url, timeout_s=timeout_s)
+        # The ledger's own connections: its batcher bounds each pipeline with one timer.
+        ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False)
         app.state.runtime = Runtime(
-            settings=current, redis=redis, ledger=Ledger(redis, queue_expiry_ms=current.queue_expiry_ms)
+            settings=current,
+            redis=redis,
+            ledger=Ledger(ingest_redis, queue_expiry_ms=current.queue_expiry_ms, timeout_s=timeout_s),
         )
+        # What start-up allocated (modules, app, settings) lives as long as the process; frozen, the
+        # collector stops rescanning it on every full pass (see `gc.freeze`).
+        gc.freeze()
         try:
             yield
         finally:
             await redis.aclose()
+            await ingest_redis.aclose()
 
     # No /docs, /redoc or /openapi.json, and no redirect from a trailing slash: one exact endpoint.
-    app = FastAPI(
+    app = ReceiverApp(
         title="Offerte Adviseur webhook receiver",
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
@@ -66,10 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
         redirect_slashes=False,
     )
-    # Plain Starlette routes: no body model and no dependency graph on the hot path.
     app.router.routes.extend(
         [
-            Route(ingest.PATH, ingest.receive_webhook, methods=["POST"], name="receive_webhook"),
+            Route(ingest.PATH, _WebhookRoute(), methods=["POST"], name="receive_webhook"),
             Route("/healthz", monitoring.healthz, methods=["GET"], name="healthz"),
             Route("/readyz", monitoring.readyz, methods=["GET"], name="readyz"),
             Route("/metrics", metrics.metrics, methods=["GET"], name="metrics"),

@@ -5,6 +5,8 @@ call joins the current batch; the batch is flushed on the loop's next turn (or a
 as one pipeline of EVALSHA commands. Each script still runs atomically on its own, so the
 answer each caller gets is exactly what a lone EVALSHA would have given: batching changes the
 number of round trips, never the outcome. With one request at a time, a batch is one call.
+A batch that takes longer than `timeout_s` fails every caller in it with `TimeoutError` (one
+timer per batch, not per caller).
 """
 
 from __future__ import annotations
@@ -24,18 +26,25 @@ _Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
 class ScriptBatcher:
     """Runs one Lua script for many concurrent callers, batched into pipelines."""
 
-    def __init__(self, redis: Redis, script: str, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, redis: Redis, script: str, *, max_batch: int = 256, timeout_s: float | None = None
+    ) -> None:
         self.redis = redis
+        self.timeout_s = timeout_s
         self.script = script
         self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self.max_batch = max_batch
         self._pending: list[_Call] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by each batch's first call
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
         """Run the script with these keys and args, together with whatever else is waiting."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not self._pending:
+            # Once per batch, not per call: on Python 3.11 each lookup is a getpid() system call.
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((keys, args, future))
         if len(self._pending) >= self.max_batch:
@@ -47,10 +56,10 @@ class ScriptBatcher:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._pending:
+        if not self._pending or self._loop is None:
             return
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        task = self._loop.create_task(self._send(batch))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
@@ -62,14 +71,16 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
-            results = await self._execute(batch)
-            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-            if missing:
-                # First use, or Redis restarted: load the script and run those calls (which did
-                # not run at all) again.
-                await self.redis.script_load(self.script)
-                for i, result in zip(missing, await self._execute([batch[i] for i in missing]), strict=True):
-                    results[i] = result
+            async with asyncio.timeout(self.timeout_s):
+                results = await self._execute(batch)
+                missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+                if missing:
+                    # First use, or Redis restarted: load the script and run those calls (which did
+                    # not run at all) again.
+                    await self.redis.script_load(self.script)
+                    again = await self._execute([batch[i] for i in missing])
+                    for i, result in zip(missing, again, strict=True):
+                        results[i] = result
         except (Exception, asyncio.CancelledError) as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -78,7 +89,7 @@ class ScriptBatcher:
                 raise
             return
         for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():  # the caller gave up (its timeout); the write stands regardless
+            if future.done():  # the caller was cancelled; the write stands regardless
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)

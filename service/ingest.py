@@ -1,32 +1,34 @@
 """`POST /webhooks/offerte-adviseur`: the receiving pipeline, one named step each, in order.
 
-1. `read_capped_body`  - the raw bytes, refused past `OA_MAX_BODY_BYTES` while reading (413)
-                         or when they take longer than `OA_BODY_TIMEOUT_S` to arrive (408);
+1. `read_capped_body`  - the raw bytes, refused past `OA_MAX_BODY_BYTES` while reading (413);
 2. `verify_signature`  - HMAC-SHA256 of those bytes against every configured secret (401);
 3. `parse_body`        - strict JSON and the envelope, only after the signature holds (400/422);
 4. `record`            - dedup, ledger and job in one atomic Redis step (200/409, 503);
 5. `respond`           - 202 only once Redis has confirmed the write.
+
+The endpoint is a plain ASGI function, called by `service.app.ReceiverApp` ahead of FastAPI's
+middleware and routing: that stack cost more per request than all five steps together (README
+"Performance"). The HTTP server bounds how long the head and the body may take (service/server.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from service.envelope import Envelope, MalformedBody, parse_envelope
 from service.ledger import Accepted, Outcome
 from service.metrics import REQUESTS, SIGNATURE_FAILURES
 from service.signature import SIGNATURE_HEADER, SignatureFailure, Verified, verify
-from service.state import runtime_of
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
+    from starlette.types import Receive, Scope, Send
 
     from service.state import Runtime
 
@@ -50,29 +52,31 @@ class Rejected(Exception):
 _CLOSE = {"Connection": "close"}
 
 
-async def read_capped_body(request: Request, *, max_bytes: int, timeout_s: float) -> bytes:
-    """Read the raw body, stopping as soon as it passes `max_bytes` (declared or streamed) or `timeout_s`."""
-    too_large = Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes", headers=_CLOSE)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
+def _too_large(max_bytes: int) -> Rejected:
+    return Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes", headers=_CLOSE)
+
+
+async def read_capped_body(scope: Scope, receive: Receive, *, max_bytes: int) -> bytes:
+    """Read the raw body, stopping as soon as it passes `max_bytes` (declared or streamed)."""
+    for name, declared in scope["headers"]:
+        if name == b"content-length" and declared.isdigit() and int(declared) > max_bytes:
+            raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError:
-        detail = f"the body did not arrive within {timeout_s:g} seconds"
-        raise Rejected(408, "body_timeout", detail, headers=_CLOSE) from None
-    except ClientDisconnect:
-        # Nobody will read this answer; it is for the log line.
-        detail = "the client closed the connection mid-body"
-        raise Rejected(400, "client_disconnected", detail, headers=_CLOSE) from None
-    return b"".join(chunks)
+    more_body = True
+    while more_body:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # Nobody will read this answer; it is for the log line.
+            detail = "the client closed the connection mid-body"
+            raise Rejected(400, "client_disconnected", detail, headers=_CLOSE)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+        more_body = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _SIGNATURE_DETAILS = {
@@ -83,9 +87,9 @@ _SIGNATURE_DETAILS = {
 }
 
 
-def verify_signature(request: Request, body: bytes, *, secrets: tuple[bytes, ...]) -> Verified:
+def verify_signature(scope: Scope, body: bytes, *, secrets: tuple[bytes, ...]) -> Verified:
     """Check the signature header (raw bytes, as received) against the body."""
-    given = [value for name, value in request.scope["headers"] if name == _SIGNATURE_HEADER]
+    given = [value for name, value in scope["headers"] if name == _SIGNATURE_HEADER]
     result = verify(body, given, secrets)
     if isinstance(result, SignatureFailure):
         SIGNATURE_FAILURES.labels(result.value).inc()
@@ -104,10 +108,9 @@ def parse_body(body: bytes) -> Envelope:
 async def record(runtime: Runtime, envelope: Envelope, body: bytes, verified: Verified) -> Accepted:
     """Dedup, ledger entry and job in one atomic step, bounded by `OA_REDIS_TIMEOUT_S`."""
     try:
-        async with asyncio.timeout(runtime.settings.redis_timeout_s):
-            return await runtime.ledger.accept(
-                envelope, body, secret_index=verified.secret_index, now_ms=time.time_ns() // 1_000_000
-            )
+        return await runtime.ledger.accept(
+            envelope, body, secret_index=verified.secret_index, now_ms=time.time_ns() // 1_000_000
+        )
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning(
             "redis unavailable",
@@ -122,46 +125,77 @@ async def record(runtime: Runtime, envelope: Envelope, body: bytes, verified: Ve
         ) from None
 
 
-def respond(envelope: Envelope, accepted: Accepted) -> JSONResponse:
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A JSON answer: status, encoded body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] | None = None
+
+
+def _json(content: dict[str, str]) -> bytes:
+    return orjson.dumps(content)
+
+
+def error_body(code: str, detail: str) -> bytes:
+    """The one shape of every error we send: `{"error": code, "detail": text}`."""
+    return _json({"error": code, "detail": detail})
+
+
+def respond(envelope: Envelope, accepted: Accepted) -> Reply:
     """202 for a new event, 200 for a redelivery, 409 for a reused id with another body."""
     fields = {"event_id": envelope.id, "type": envelope.type, "outcome": accepted.outcome.value}
     if accepted.outcome is Outcome.ACCEPTED:
         log.info("event received", extra=fields)
-        return JSONResponse({"status": "accepted", "id": envelope.id}, status_code=202)
+        return Reply(202, _json({"status": "accepted", "id": envelope.id}))
     if accepted.outcome is Outcome.DUPLICATE:
         log.info("duplicate delivery", extra=fields)
-        return JSONResponse({"status": "duplicate", "id": envelope.id}, status_code=200)
+        return Reply(200, _json({"status": "duplicate", "id": envelope.id}))
     log.warning(
         "id reused with another body",
         extra={**fields, "sha256": accepted.sha256, "first_sha256": accepted.first_sha256},
     )
-    return error_response(
-        409, "id_conflict", "this event id was already received with a different body; the first is kept"
+    detail = "this event id was already received with a different body; the first is kept"
+    return Reply(409, error_body("id_conflict", detail))
+
+
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """`error_body` as a Starlette response, for the other routes and FastAPI's error handlers."""
+    return Response(
+        error_body(code, detail), status_code=status, headers=headers, media_type="application/json"
     )
 
 
-def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The one shape of every error we send: `{"error": code, "detail": text}`."""
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+_CONTENT_TYPE = (b"content-type", b"application/json")
+# One child per status, looked up once: `labels()` on every request costs a lock and a dict lookup.
+_ANSWERED: dict[int, Any] = {}
 
 
-async def receive_webhook(request: Request) -> JSONResponse:
+async def send_reply(send: Send, reply: Reply) -> None:
+    """Write the answer and count it in `oa_webhooks_http_requests_total`."""
+    headers = [_CONTENT_TYPE, (b"content-length", b"%d" % len(reply.body))]
+    if reply.headers:
+        headers += [(name.lower().encode(), value.encode()) for name, value in reply.headers.items()]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+    counter = _ANSWERED.get(reply.status)
+    if counter is None:
+        counter = _ANSWERED[reply.status] = REQUESTS.labels(str(reply.status))
+    counter.inc()
+
+
+async def receive_webhook(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     """The endpoint: run the steps in order and turn a refusal into its JSON error."""
-    runtime = runtime_of(request)
     settings = runtime.settings
     try:
-        body = await read_capped_body(
-            request, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
-        )
-        verified = verify_signature(request, body, secrets=settings.secrets)
+        body = await read_capped_body(scope, receive, max_bytes=settings.max_body_bytes)
+        verified = verify_signature(scope, body, secrets=settings.secrets)
         envelope = parse_body(body)
         accepted = await record(runtime, envelope, body, verified)
     except Rejected as exc:
         log.info("request rejected", extra={"status": exc.status, "reason": exc.code})
-        response = error_response(exc.status, exc.code, exc.detail, exc.headers)
+        reply = Reply(exc.status, error_body(exc.code, exc.detail), exc.headers)
     else:
-        response = respond(envelope, accepted)
-    REQUESTS.labels(str(response.status_code)).inc()
-    return response
+        reply = respond(envelope, accepted)
+    await send_reply(send, reply)

@@ -109,12 +109,13 @@ class Accepted:
 class Ledger:
     """Atomic writes to the ledger and the queue. Construct once per process, in lifespan/startup."""
 
-    def __init__(self, redis: Redis, *, queue_expiry_ms: int) -> None:
+    def __init__(self, redis: Redis, *, queue_expiry_ms: int, timeout_s: float | None = None) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
-        # Concurrent requests' accepts share round trips (see service/batching.py).
-        self._accept = ScriptBatcher(redis, _ACCEPT)
-        self._requeue_if_lost = ScriptBatcher(redis, _REQUEUE_IF_LOST)
+        # Concurrent requests' accepts share round trips (see service/batching.py); past
+        # `timeout_s` a batch fails with TimeoutError.
+        self._accept = ScriptBatcher(redis, _ACCEPT, timeout_s=timeout_s)
+        self._requeue_if_lost = ScriptBatcher(redis, _REQUEUE_IF_LOST, timeout_s=timeout_s)
 
     async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
         """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict."""

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from service.ingest import error_response
 from service.state import runtime_of
@@ -20,7 +20,7 @@ async def healthz(_request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> Response:
     """Redis answers a PING within `OA_REDIS_TIMEOUT_S`; 503 otherwise."""
     runtime = runtime_of(request)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import yaml
@@ -74,6 +75,10 @@ class Service:
     def output(self) -> str:
         """Everything the process printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines printed so far (OA_LOG_FORMAT=json), parsed."""
+        return [json.loads(line) for line in self.output().splitlines() if line.startswith("{")]
 
 
 def service_env(redis_url: str, secret: str, port: int, **extra: str) -> dict[str, str]:

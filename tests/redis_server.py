@@ -86,3 +86,8 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal (SIGSTOP freezes it with its connections open; SIGCONT resumes it)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signum)

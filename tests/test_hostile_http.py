@@ -8,10 +8,12 @@ untouched. The helpers are in `tests/raw_http.py`, the `api` fixture in `conftes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from service.settings import Settings
 from tests.raw_http import BODY, CL, SIG, SIGNATURE, Api, exchange, request_head, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +62,8 @@ RAW_ROWS = [
     Raw("nul-in-header-value", *_BAD_HTTP, [_head(CL, SIG, b"x-a: a\x00b") + BODY]),
     Raw("space-before-colon", *_BAD_HTTP, [_head(CL, b"x-offerte-adviseur-signature : " + SIGNATURE) + BODY]),
     Raw("invalid-header-name", *_BAD_HTTP, [_head(CL, SIG, b"x(a): b") + BODY]),
+    # RFC 9112 5.2: a server must refuse obsolete line folding with 400, or unfold it.
+    Raw("obs-fold", *_BAD_HTTP, [_head(CL, b"x-offerte-adviseur-signature:\r\n " + SIGNATURE) + BODY]),
     Raw("garbage-request-line", *_BAD_HTTP, [b"\x01\x02 hello there\r\n\r\n"]),
     Raw(
         "tls-handshake-on-plain-http",
@@ -123,3 +127,37 @@ def test_http_level_refusals_are_counted_in_metrics(api: Api) -> None:
     metrics = exchange(api.port, [request_head([], method=b"GET", target=b"/metrics")], close_wait_s=0)
     assert b'oa_webhooks_http_requests_total{status="431"}' in metrics.body
     assert b'oa_webhooks_http_requests_total{status="400"}' in metrics.body
+
+
+def _head_of_size(size: int) -> bytes:
+    """A signed request head of exactly `size` bytes (request line, headers, blank line)."""
+    bare = _head(CL, SIG, b"x-pad: ")
+    return _head(CL, SIG, b"x-pad: " + b"p" * (size - len(bare)))
+
+
+def test_head_size_limit_is_exact(api: Api, redis_sync: Redis) -> None:
+    """A head of exactly OA_MAX_HEADER_BYTES is served; one byte more is 431 and stores nothing."""
+    limit = Settings.model_fields["max_header_bytes"].default
+    at_limit = exchange(api.port, [_head_of_size(limit) + BODY], close_wait_s=0)
+    assert at_limit.status == 202, at_limit.body
+    redis_sync.flushall()
+    over = exchange(api.port, [_head_of_size(limit + 1) + BODY], close_wait_s=0)
+    assert (over.status, over.json()["error"]) == _TOO_LARGE
+    assert snapshot(redis_sync) == (0, set())
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_a_50_mb_header_is_refused_without_buffering_it(api: Api) -> None:
+    """A 50 MB header streamed at the server gets 431 while the API grows by under 10 MB."""
+    assert api.service.process is not None
+    pid = api.service.process.pid
+    before = _rss_mb(pid)
+    megabyte = b"a" * 1_048_576
+    reply = exchange(api.port, [_head(CL, SIG).removesuffix(b"\r\n\r\n") + b"\r\nx-big: ", *[megabyte] * 50])
+    assert (reply.status, reply.json()["error"]) == _TOO_LARGE
+    assert reply.closed
+    assert _rss_mb(pid) - before < 10

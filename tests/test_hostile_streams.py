@@ -87,20 +87,11 @@ def test_endless_body_gets_413_and_the_server_stops_reading(
     assert snapshot(redis_sync) == (0, set())
 
 
-@pytest.mark.parametrize(
-    ("name", "signature_line"),
-    [
-        ("spaces-and-tab-around-the-value", b"x-offerte-adviseur-signature: \t " + SIGNATURE + b" \t"),
-        ("obsolete-line-folding", b"x-offerte-adviseur-signature:\r\n " + SIGNATURE),
-    ],
-    ids=["ows", "obs-fold"],
-)
-def test_whitespace_the_http_server_strips_is_accepted(
-    name: str, signature_line: bytes, api: Api, redis_sync: Redis
-) -> None:
-    """Whitespace around the value, or an obs-fold before it, is removed by h11 (RFC 9110/9112): 202."""
+def test_whitespace_around_the_signature_is_accepted(api: Api, redis_sync: Redis) -> None:
+    """Spaces and tabs around the signature value are optional whitespace (RFC 9110), not the value: 202."""
+    signature_line = b"x-offerte-adviseur-signature: \t " + SIGNATURE + b" \t"
     reply = exchange(api.port, [request_head([CL, signature_line]) + BODY], close_wait_s=0)
-    assert reply.status == 202, (name, reply.body)
+    assert reply.status == 202, reply.body
     assert redis_sync.hget(event_key("evt_x"), "body") == BODY
 
 
@@ -111,7 +102,7 @@ def test_client_leaving_mid_body_is_logged_without_a_traceback(api: Api, redis_s
         time.sleep(0.2)
     wait_for(lambda: "client_disconnected" in api.log(), timeout_s=5, what="the disconnect to be logged")
     assert "Traceback" not in api.log()
-    assert '"level": "error"' not in api.log()
+    assert [r for r in api.service.records() if r["level"] == "error"] == []
     assert snapshot(redis_sync) == (0, set())
 
 
@@ -119,4 +110,4 @@ def test_the_api_still_serves_after_hostile_traffic(api: Api) -> None:
     """After everything above, the API still answers a normal request at once."""
     response = httpx.get(f"http://127.0.0.1:{api.port}/healthz", timeout=5)
     assert response.status_code == 200
-    assert '"level": "error"' not in api.log()
+    assert [r for r in api.service.records() if r["level"] == "error"] == []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
+from pathlib import Path
 
 import httpx
 from redis import Redis
@@ -10,8 +13,9 @@ from redis import Redis
 from service.app import create_app
 from service.ledger import PENDING_KEY, event_key
 from service.queue import QUEUE_NAME, job_key
+from service.settings import Settings
 from tests.conftest import ENDPOINT, SECRET, envelope, make_settings, signed_headers
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 
 ALL_TYPES = ["lead.created", "lead.sold", "lead.invoiced", "lead.paid", "invoice.created", "invoice.paid"]
 
@@ -162,3 +166,39 @@ async def test_wrong_method_and_path_get_json_errors(client: httpx.AsyncClient) 
     assert wrong_method.json()["error"] == "method_not_allowed"
     assert unknown.status_code == 404
     assert unknown.json()["error"] == "not_found"
+
+
+async def test_frozen_redis_is_503_within_the_redis_timeout(tmp_path: Path) -> None:
+    """A Redis that stops answering mid-run (SIGSTOP) gets a 503 after OA_REDIS_TIMEOUT_S, not a hang."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    app = create_app(make_settings(server.url, OA_REDIS_TIMEOUT_S=0.5))
+    first, late = envelope("evt_before"), envelope("evt_frozen")
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        ):
+            assert (
+                await http.post(ENDPOINT, content=first, headers=signed_headers(first))
+            ).status_code == 202
+            server.signal(signal.SIGSTOP)
+            started = time.monotonic()
+            response = await http.post(ENDPOINT, content=late, headers=signed_headers(late))
+            waited_s = time.monotonic() - started
+            server.signal(signal.SIGCONT)
+    finally:
+        server.signal(signal.SIGCONT)
+        server.stop()
+    assert (response.status_code, response.json()["error"]) == (503, "redis_unavailable")
+    assert 0.4 < waited_s < 3
+
+
+async def test_an_app_without_its_lifespan_answers_500_json(settings: Settings) -> None:
+    """A bug in the endpoint (here: no runtime, as lifespan never ran) is a JSON 500, never a traceback."""
+    app = create_app(settings)
+    body = envelope()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        response = await http.post(ENDPOINT, content=body, headers=signed_headers(body))
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "detail": "the request could not be processed"}
