@@ -86,9 +86,14 @@ def tls_defaults(url: str) -> dict[str, bool]:
 
 
 def connect_arq(url: str, *, timeout_s: float) -> ArqRedis:
-    """An arq client (for the worker and for `enqueue_job` of cron jobs), with our JSON serializer."""
+    """An arq client for the worker, with our JSON serializer.
+
+    Connecting is bounded by `timeout_s`; reads are not: redis-py arms a timer per reply read,
+    which on Python 3.11 costs three getpid() system calls each, about 40 per job (a quarter of
+    the worker's time, py-spy). The worker's watchdog PINGs instead (workers/main.py).
+    """
     pool = ConnectionPool.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls_defaults(url)
+        url, socket_timeout=None, socket_connect_timeout=timeout_s, **tls_defaults(url)
     )
     return ArqRedis(
         pool, job_serializer=serialize, job_deserializer=deserialize, default_queue_name=QUEUE_NAME

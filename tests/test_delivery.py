@@ -141,6 +141,35 @@ def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path:
         server.stop()
 
 
+def test_a_frozen_redis_is_a_lost_connection_and_the_worker_recovers(tmp_path: Path) -> None:
+    """A frozen Redis (SIGSTOP) is a lost connection to the worker; after SIGCONT it runs events again."""
+    server = RedisServer(tmp_path / "redis", appendfsync="always")
+    server.start()
+    stack = _stack(tmp_path, server.url)
+    try:
+        stack.start()
+        assert _post(stack, probe_body("before_freeze")) == 202
+        with server.client() as redis:
+            wait_for(lambda: completed(redis).get("before_freeze"), timeout_s=15, what="the first event")
+        server.signal(signal.SIGSTOP)
+        wait_for(
+            lambda: any(r.get("error") == "TimeoutError" for r in stack.worker.records()),
+            timeout_s=15,
+            what="the worker to give up on the frozen Redis",
+        )
+        server.signal(signal.SIGCONT)
+        wait_for(lambda: _post(stack, probe_body("after_thaw")) == 202, timeout_s=15, what="ingest to answer")
+        with server.client() as redis:
+            wait_for(lambda: completed(redis).get("after_thaw"), timeout_s=30, what="the worker to run again")
+            _assert_once_each(redis, ["before_freeze", "after_thaw"])
+        assert stack.worker.process is not None
+        assert stack.worker.process.poll() is None, "the worker process should have stayed up"
+    finally:
+        server.signal(signal.SIGCONT)
+        stack.close()
+        server.stop()
+
+
 async def _post_many(base_url: str, bodies: list[bytes], *, concurrency: int) -> list[int]:
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=20) as http:

@@ -17,11 +17,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import queue
 from service.stats import WORKERS_KEY, worker_key
+from workers.claim import Claimer
 from workers.journal import Journal
 from workers.reconciler import reconcile_forever
 from workers.registry import load_handlers
@@ -38,10 +41,25 @@ _ARQ_MAX_TRIES = 1_000_000
 
 
 class _Worker(Worker):
-    """arq's worker with our heartbeat: a sorted set of live workers, written from the poll loop."""
+    """arq's worker, with our heartbeat and our claim.
+
+    The heartbeat is a sorted set of live workers, written from the poll loop; the claim takes
+    many due jobs per round trip (workers/claim.py).
+    """
 
     worker_id: str
     started_ms: int
+    claimer: Claimer
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim as many of `job_ids` as there are free slots, in one script, and start each."""
+        free = self.max_jobs - self.job_counter
+        for job_id, score in await self.claimer.claim(job_ids, limit=free, now_ms=timestamp_ms()):
+            await self.sem.acquire()  # never waits: at most the free slots were claimed
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def record_health(self) -> None:
         now = time.time()
@@ -107,6 +125,8 @@ def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, wor
     )
     worker.worker_id = worker_id
     worker.started_ms = int(time.time() * 1000)
+    claim_ttl_ms = int(worker.in_progress_timeout_s * 1000)
+    worker.claimer = Claimer(redis, queue_name=queue.QUEUE_NAME, claim_ttl_ms=claim_ttl_ms)
     return worker
 
 
@@ -141,14 +161,43 @@ class _Stopper:
             self.worker.handle_sig_wait_for_completion(signum)
 
 
-async def _run_once(worker: _Worker, redis: Any, stopper: _Stopper) -> bool:
-    """Run one worker (and the reconciler beside it) until it stops; True if it lost Redis."""
-    reconciler = asyncio.create_task(reconcile_forever(worker.ctx["oa"], worker_id=worker.worker_id))
+async def _ping(redis: Any, *, timeout_s: float) -> None:
     try:
-        await redis.ping()
+        async with asyncio.timeout(timeout_s):
+            await redis.ping()
+    except TimeoutError:
+        raise RedisTimeoutError(f"Redis did not answer a PING within {timeout_s:g}s") from None
+
+
+async def _watch(redis: Any, *, interval_s: float, timeout_s: float) -> None:
+    """PING every `interval_s`; raise when Redis takes longer than `timeout_s` to answer.
+
+    The worker's connections have no per-read timeout (`queue.connect_arq`), so a Redis that is
+    frozen or cut off without a reset would otherwise hang the worker: this turns it into a lost
+    connection, which `serve` answers with a fresh worker.
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        await _ping(redis, timeout_s=timeout_s)
+
+
+async def _run_once(worker: _Worker, redis: Any, stopper: _Stopper) -> bool:
+    """Run one worker (and the reconciler and watchdog beside it) until it stops; True if it lost Redis."""
+    settings = worker.ctx["oa"].settings
+    reconciler = asyncio.create_task(reconcile_forever(worker.ctx["oa"], worker_id=worker.worker_id))
+    watchdog = asyncio.create_task(
+        _watch(redis, interval_s=settings.heartbeat_interval_s, timeout_s=settings.redis_timeout_s)
+    )
+    run: asyncio.Task[None] | None = None
+    try:
+        await _ping(redis, timeout_s=settings.redis_timeout_s)
         if stopper.stopping.is_set():
             return False
-        await worker.async_run()
+        run = asyncio.create_task(worker.async_run())
+        await asyncio.wait({run, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():
+            watchdog.result()  # raises: the watchdog only ends by finding Redis gone
+        run.result()
     except asyncio.CancelledError:
         if not stopper.stopping.is_set():
             raise
@@ -156,8 +205,12 @@ async def _run_once(worker: _Worker, redis: Any, stopper: _Stopper) -> bool:
         log.warning("lost Redis (%s)", type(exc).__name__, extra={"error": type(exc).__name__})
         return True
     finally:
-        reconciler.cancel()
-        await asyncio.gather(reconciler, return_exceptions=True)
+        for task in (reconciler, watchdog, run):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (reconciler, watchdog, run) if t is not None), return_exceptions=True
+        )
         await _teardown(worker, redis)
     return False
 
