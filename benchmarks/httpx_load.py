@@ -1,8 +1,8 @@
-"""The httpx load generators: closed loop (as fast as answers come) and open loop (a steady rate).
+"""The httpx load generator: a closed loop (as fast as answers come), and the `Recorder` of answers.
 
-The closed loop stands in for wrk where wrk is missing (the smoke test, a machine without it); the
-open loop drives F. Both post each event once and note, per event id, when it was sent and when
-its 202 came back (`time.time()`, comparable with the handler's notes).
+The closed loop stands in for wrk where wrk is missing (the smoke test, a machine without it).
+It posts each event once and notes, per event id, when it was sent and when its 202 came back
+(`time.time()`, comparable with the handler's notes). F uses benchmarks/raw_load.py.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import httpx
 from benchmarks.measures import LoadResult, percentile
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
     from benchmarks.bodies import Signed
 
 
-class _Recorder:
+class Recorder:
+    """Statuses, latencies, and per event id the send and 202 times (`time.time()`)."""
+
     def __init__(self) -> None:
         self.statuses: Counter[int] = Counter()
         self.latencies_s: list[float] = []
@@ -39,10 +41,14 @@ class _Recorder:
         except httpx.HTTPError:
             self.errors += 1
             return
-        if response.status_code == 202:
-            self.acknowledged[event.event_id] = time.time()
-        self.latencies_s.append(time.perf_counter() - started)
-        self.statuses[response.status_code] += 1
+        self.record(event.event_id, response.status_code, time.perf_counter() - started)
+
+    def record(self, event_id: str, status: int, latency_s: float) -> None:
+        """Note one answer (a 202 with its arrival time)."""
+        if status == 202:
+            self.acknowledged[event_id] = time.time()
+        self.latencies_s.append(latency_s)
+        self.statuses[status] += 1
 
     def result(self, duration_s: float, *, exhausted: bool = False) -> LoadResult:
         return LoadResult(
@@ -67,7 +73,7 @@ async def closed_loop(
 ) -> LoadResult:
     """`connections` clients post the next event as soon as they have an answer, until the events
     run out or `duration_s` passes (then `exhausted` says whether they ran out first)."""
-    recorder = _Recorder()
+    recorder = Recorder()
     supply = iter(events)
     started = time.perf_counter()
     deadline = started + duration_s if duration_s else math.inf
@@ -85,18 +91,3 @@ async def closed_loop(
     async with _client(connections) as http:
         await asyncio.gather(*(one_client(http) for _ in range(connections)))
     return recorder.result(time.perf_counter() - started, exhausted=ran_out and duration_s is not None)
-
-
-async def open_loop(url: str, events: Sequence[Signed], *, rate: float, connections: int = 64) -> LoadResult:
-    """Offer the events at `rate` per second on a fixed schedule, whatever the answers (open loop)."""
-    recorder = _Recorder()
-    tasks: list[asyncio.Task[None]] = []
-    started = time.perf_counter()
-    async with _client(connections) as http:
-        for index, event in enumerate(events):
-            wait_s = started + index / rate - time.perf_counter()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-            tasks.append(asyncio.create_task(recorder.post(http, url, event)))
-        await asyncio.gather(*tasks)
-    return recorder.result(time.perf_counter() - started)

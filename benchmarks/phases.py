@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-from benchmarks import bare_arq, httpx_load
+from benchmarks import bare_arq, raw_load
 from benchmarks.bodies import signed
 from benchmarks.measures import LoadResult, Runs, Tally, drain_rate
 from benchmarks.stack import data_memory, start_worker
@@ -141,9 +141,9 @@ def ours(bench: Bench, rep: int) -> OursRound:
 
 
 def bare(bench: Bench, rep: int) -> WorkerRun:
-    """E: N no-op jobs queued with arq's `enqueue_job`, drained by one tuned bare arq worker."""
+    """E: `bare_events` no-op jobs queued with arq's `enqueue_job`, drained by one tuned bare arq worker."""
     bench.redis.flushall()
-    events = ((event.event_id, "lead.created") for event in signed(f"e{rep}", bench.plan.events))
+    events = ((f"e{rep}_{index:07d}", "lead.created") for index in range(bench.plan.bare_events))
     asyncio.run(bare_arq.prequeue(bench.redis_url, events))
     with running_worker(bench, f"worker-e{rep}", bare=True) as worker:
         worker.complete = wait_until(
@@ -160,7 +160,7 @@ def latency(bench: Bench) -> LatencyRun:
     with running_worker(bench, "worker-f") as worker:
         if not wait_until(lambda: cast("int", bench.redis.zcard(WORKERS_KEY)) > 0, 30):
             raise RuntimeError(f"the F worker did not start; see {bench.work}/worker-f.log")
-        load = asyncio.run(httpx_load.open_loop(bench.url("ours"), events, rate=plan.latency_rate))
+        load = asyncio.run(raw_load.open_loop(bench.url("ours"), events, rate=plan.latency_rate))
         worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, plan.drain_timeout_s)
     acknowledged = load.acknowledged or {}
     ran = [(event_id, at) for event_id, at in acknowledged.items() if worker.runs.get(event_id)]

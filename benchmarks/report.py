@@ -154,7 +154,8 @@ def table(s: dict[str, Any]) -> str:
     width = max(len(r[0]) for r in rows) + 2
     lines = [
         f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, E), F once; one uvicorn process",
-        "per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always",
+        "per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always;",
+        "D drains each C run's events, E as many jobs as the plan's bare_events (benchmarks/plan.py)",
         "",
         f"{'measure':<{width}}{'median':>16}   repetitions",
         "-" * (width + 50),

@@ -31,6 +31,10 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _since(started: float) -> str:
+    return f"{time.monotonic() - started:.0f} s"
+
+
 def _busy_share(seconds: float = 0.5) -> float:
     """The share of all CPUs that was not idle over `seconds` (Linux /proc/stat)."""
 
@@ -61,12 +65,16 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
         _say(f"  A {rep + 1}/{plan.reps}: {results.limit[-1].rps:,.0f} req/s")
         results.naive.append(phases.ingest(bench, "naive", "load"))
         _say(f"  B {rep + 1}/{plan.reps}: {results.naive[-1].rps:,.0f} req/s")
+        phase_started = time.monotonic()
         ours = phases.ours(bench, rep)
         results.ours.append(ours)
         _say(f"  C {rep + 1}/{plan.reps}: {ours.load.rps:,.0f} req/s ({ours.tally.stored:,} events)")
-        _say(f"  D {rep + 1}/{plan.reps}: {ours.worker.rate:,.0f} events/s")
+        _say(
+            f"  D {rep + 1}/{plan.reps}: {ours.worker.rate:,.0f} events/s ({_since(phase_started)}, C and D)"
+        )
+        phase_started = time.monotonic()
         results.bare.append(phases.bare(bench, rep))
-        _say(f"  E {rep + 1}/{plan.reps}: {results.bare[-1].rate:,.0f} events/s")
+        _say(f"  E {rep + 1}/{plan.reps}: {results.bare[-1].rate:,.0f} events/s ({_since(phase_started)})")
         for load in (results.limit[-1], results.naive[-1]):
             if load.exhausted:
                 results.notes.append(f"round {rep + 1}: a load run used up its bodies before its end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from service import ingest, metrics, monitoring, queue
+from service import ingest, logs, metrics, monitoring, queue
 from service.ledger import Ledger
 from service.settings import Settings, load_settings
 from service.state import Runtime
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # What start-up allocated (modules, app, settings) lives as long as the process; frozen, the
         # collector stops rescanning it on every full pass (see `gc.freeze`).
         gc.freeze()
+        logs.buffer_on(asyncio.get_running_loop())
         try:
             yield
         finally:

@@ -1,0 +1,85 @@
+"""The log handler that writes one event-loop turn's lines together: nothing lost, order kept."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+
+from service.logs import JSONFormatter, TurnBufferedHandler
+
+
+class _CountingStream(io.StringIO):
+    """A text stream that counts its write() calls."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        """Count, then store."""
+        self.writes += 1
+        return super().write(text)
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"test.turn.{id(handler)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    return logger
+
+
+def _messages(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+
+
+async def test_one_turn_of_info_lines_is_one_write_in_order() -> None:
+    """100 INFO lines logged in one turn leave in one write, after the turn, in order."""
+    stream = _CountingStream()
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    handler.attach(asyncio.get_running_loop())
+    logger = _logger(handler)
+    for i in range(100):
+        logger.info("line %d", i)
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)
+    assert _messages(stream) == [f"line {i}" for i in range(100)]
+    assert stream.writes == 1
+
+
+async def test_a_warning_and_another_thread_write_at_once_after_what_waits() -> None:
+    """A WARNING, or a line from another thread, is written at once, after the buffered lines."""
+    stream = _CountingStream()
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    handler.attach(asyncio.get_running_loop())
+    logger = _logger(handler)
+    logger.info("first")
+    logger.warning("second")
+    assert _messages(stream) == ["first", "second"]
+    thread = threading.Thread(target=logger.info, args=("third",))
+    thread.start()
+    thread.join()
+    assert _messages(stream) == ["first", "second", "third"]
+
+
+def test_lines_waiting_when_the_loop_ends_are_written_by_flush() -> None:
+    """A line buffered in the loop's last turn is written by flush (logging.shutdown calls it at exit)."""
+    stream = _CountingStream()
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    logger = _logger(handler)
+
+    async def last_turn() -> None:
+        handler.attach(asyncio.get_running_loop())
+        logger.info("last")
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(last_turn())
+    loop.close()
+    handler.flush()
+    assert _messages(stream) == ["last"]
+    logger.info("after the loop closed")
+    assert _messages(stream) == ["last", "after the loop closed"]
