@@ -108,16 +108,11 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.write(line + self.terminator)
                 self.flush()
                 return
-            loop.call_soon(self._write_waiting_locked)
+            loop.call_soon(self.flush)
         self._waiting.append(line)
 
     def flush(self) -> None:
         """Write what waits, then flush the stream (also at exit, by `logging.shutdown`)."""
-        with self.lock:  # type: ignore[union-attr]
-            self._write_waiting()
-            super().flush()
-
-    def _write_waiting_locked(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._write_waiting()
             super().flush()

@@ -7,6 +7,7 @@ event ran to success at least once and that its effect was applied once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import signal
@@ -42,6 +43,20 @@ def _stack(tmp_path: Path, redis_url: str, **settings: str) -> Stack:
     stack = Stack(tmp_path, redis_url, SECRET, **{**FAST, **settings})
     stack.add_handler_module("delivery_probe", SOURCE)
     return stack
+
+
+@contextlib.contextmanager
+def _stack_on_own_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Stack]]:
+    """A redis-server of the test's own (to stop, kill or freeze) and a stack on it, not yet started."""
+    server = RedisServer(tmp_path / "redis", appendfsync="always")
+    server.start()
+    stack = _stack(tmp_path, server.url)
+    try:
+        yield server, stack
+    finally:
+        server.signal(signal.SIGCONT)  # a frozen server cannot stop
+        stack.close()
+        server.stop()
 
 
 @pytest.fixture
@@ -118,10 +133,7 @@ def test_sigterm_past_the_grace_runs_the_event_again(
 
 def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path: Path) -> None:
     """Redis stopped: ingest answers 503, never 2xx; after a restart, 202 again and all acked run."""
-    server = RedisServer(tmp_path / "redis", appendfsync="always")
-    server.start()
-    stack = _stack(tmp_path, server.url)
-    try:
+    with _stack_on_own_redis(tmp_path) as (server, stack):
         stack.start()
         assert _post(stack, probe_body("up_1")) == 202
         server.stop()
@@ -136,17 +148,11 @@ def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path:
             )
             _assert_once_each(redis, ["up_1", "up_2", "up_3"])
             assert not any(k.startswith(b"oa:event:down_") for k in redis.keys("oa:event:*"))
-    finally:
-        stack.close()
-        server.stop()
 
 
 def test_a_frozen_redis_is_a_lost_connection_and_the_worker_recovers(tmp_path: Path) -> None:
     """A frozen Redis (SIGSTOP) is a lost connection to the worker; after SIGCONT it runs events again."""
-    server = RedisServer(tmp_path / "redis", appendfsync="always")
-    server.start()
-    stack = _stack(tmp_path, server.url)
-    try:
+    with _stack_on_own_redis(tmp_path) as (server, stack):
         stack.start()
         assert _post(stack, probe_body("before_freeze")) == 202
         with server.client() as redis:
@@ -164,10 +170,6 @@ def test_a_frozen_redis_is_a_lost_connection_and_the_worker_recovers(tmp_path: P
             _assert_once_each(redis, ["before_freeze", "after_thaw"])
         assert stack.worker.process is not None
         assert stack.worker.process.poll() is None, "the worker process should have stayed up"
-    finally:
-        server.signal(signal.SIGCONT)
-        stack.close()
-        server.stop()
 
 
 async def _post_many(base_url: str, bodies: list[bytes], *, concurrency: int) -> list[int]:
@@ -183,10 +185,7 @@ async def _post_many(base_url: str, bodies: list[bytes], *, concurrency: int) ->
 
 def test_redis_kill_9_loses_no_acknowledged_event(tmp_path: Path) -> None:
     """1,000 acked events, Redis SIGKILLed and restarted on the same AOF: all 1,000 are processed."""
-    server = RedisServer(tmp_path / "redis", appendfsync="always")
-    server.start()
-    stack = _stack(tmp_path, server.url)
-    try:
+    with _stack_on_own_redis(tmp_path) as (server, stack):
         stack.start(worker=False)
         bodies = [probe_body(f"aof_{i}") for i in range(1000)]
         statuses = asyncio.run(_post_many(stack.base_url, bodies, concurrency=20))
@@ -197,9 +196,6 @@ def test_redis_kill_9_loses_no_acknowledged_event(tmp_path: Path) -> None:
         with server.client() as redis:
             wait_for(lambda: len(completed(redis)) == 1000, timeout_s=60, what="all 1,000 events")
             _assert_once_each(redis, [f"aof_{i}" for i in range(1000)])
-    finally:
-        stack.close()
-        server.stop()
 
 
 def test_flaky_handler_succeeds_once_after_retries(probe_stack: Stack, redis_sync: Redis) -> None:

@@ -22,12 +22,16 @@ class _CountingStream(io.StringIO):
         return super().write(text)
 
 
-def _logger(handler: logging.Handler) -> logging.Logger:
+def _buffered() -> tuple[_CountingStream, TurnBufferedHandler, logging.Logger]:
+    """A counting stream, a JSON handler on it (not attached to a loop), and a logger using only it."""
+    stream = _CountingStream()
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(JSONFormatter())
     logger = logging.getLogger(f"test.turn.{id(handler)}")
     logger.propagate = False
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG)
-    return logger
+    return stream, handler, logger
 
 
 def _messages(stream: io.StringIO) -> list[str]:
@@ -36,11 +40,8 @@ def _messages(stream: io.StringIO) -> list[str]:
 
 async def test_one_turn_of_info_lines_is_one_write_in_order() -> None:
     """100 INFO lines logged in one turn leave in one write, after the turn, in order."""
-    stream = _CountingStream()
-    handler = TurnBufferedHandler(stream)
-    handler.setFormatter(JSONFormatter())
+    stream, handler, logger = _buffered()
     handler.attach(asyncio.get_running_loop())
-    logger = _logger(handler)
     for i in range(100):
         logger.info("line %d", i)
     assert stream.getvalue() == ""
@@ -51,11 +52,8 @@ async def test_one_turn_of_info_lines_is_one_write_in_order() -> None:
 
 async def test_a_warning_and_another_thread_write_at_once_after_what_waits() -> None:
     """A WARNING, or a line from another thread, is written at once, after the buffered lines."""
-    stream = _CountingStream()
-    handler = TurnBufferedHandler(stream)
-    handler.setFormatter(JSONFormatter())
+    stream, handler, logger = _buffered()
     handler.attach(asyncio.get_running_loop())
-    logger = _logger(handler)
     logger.info("first")
     logger.warning("second")
     assert _messages(stream) == ["first", "second"]
@@ -67,10 +65,7 @@ async def test_a_warning_and_another_thread_write_at_once_after_what_waits() -> 
 
 def test_lines_waiting_when_the_loop_ends_are_written_by_flush() -> None:
     """A line buffered in the loop's last turn is written by flush (logging.shutdown calls it at exit)."""
-    stream = _CountingStream()
-    handler = TurnBufferedHandler(stream)
-    handler.setFormatter(JSONFormatter())
-    logger = _logger(handler)
+    stream, handler, logger = _buffered()
 
     async def last_turn() -> None:
         handler.attach(asyncio.get_running_loop())
