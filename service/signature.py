@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
 SIGNATURE_HEADER = "x-offerte-adviseur-signature"
-_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
-_HEX_LENGTH = 64
+_HEX_SIGNATURE = re.compile(rb"[0-9a-fA-F]{64}")
 _OPTIONAL_WHITESPACE = b" \t"
 
 
@@ -50,7 +50,7 @@ def verify(body: bytes, signatures: list[bytes], secrets: tuple[bytes, ...]) -> 
     if len(signatures) > 1:
         return SignatureFailure.MULTIPLE
     given = signatures[0].strip(_OPTIONAL_WHITESPACE)
-    if len(given) != _HEX_LENGTH or not _HEX_DIGITS.issuperset(given):
+    if not _HEX_SIGNATURE.fullmatch(given):
         return SignatureFailure.MALFORMED if given else SignatureFailure.MISSING
     given_digest = bytes.fromhex(given.decode("ascii"))
     matched: int | None = None
