@@ -50,7 +50,7 @@ def test_rediss_url_with_acl_user_and_encoded_password(which: str) -> None:
     """`rediss://user:pct-encoded@host:port/db` gives a TLS connection with the decoded user and password."""
     client = dict(zip(["api", "arq"], _both(MANAGED), strict=True))[which]
     pool = client.connection_pool
-    assert pool.connection_class is SSLConnection
+    assert issubclass(pool.connection_class, SSLConnection)
     kwargs: dict[str, Any] = pool.connection_kwargs
     assert {k: kwargs[k] for k in EXPECTED} == EXPECTED
     # The worker bounds reads with its watchdog's PING instead (workers/main.py).
@@ -77,7 +77,7 @@ def test_plain_url_with_password_only() -> None:
     """`redis://:password@host/db` (compose's form) is a plain TCP connection with no username."""
     for client in _both("redis://:s3cr%23t@redis:6379/0"):
         pool = client.connection_pool
-        assert pool.connection_class is Connection
+        assert issubclass(pool.connection_class, Connection)
         assert pool.connection_kwargs["password"] == "s3cr#t"
         assert pool.connection_kwargs.get("username") is None
         assert (pool.connection_kwargs["host"], pool.connection_kwargs["port"]) == ("redis", 6379)
@@ -87,7 +87,7 @@ def test_unix_socket_url() -> None:
     """`unix://:password@/path?db=N` connects over the socket with the password and database."""
     for client in _both("unix://:pw%2F1@/run/redis/redis.sock?db=3"):
         pool = client.connection_pool
-        assert pool.connection_class is UnixDomainSocketConnection
+        assert issubclass(pool.connection_class, UnixDomainSocketConnection)
         kwargs = pool.connection_kwargs
         assert (kwargs["path"], kwargs["password"], kwargs["db"]) == ("/run/redis/redis.sock", "pw/1", 3)
 
