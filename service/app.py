@@ -80,8 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         url, timeout_s = current.redis_url.get_secret_value(), current.redis_timeout_s
         redis = queue.connect(url, timeout_s=timeout_s)
-        # The ledger's own connections: its batcher bounds each pipeline with one timer.
-        ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False)
+        # The ledger's own connections: its batcher bounds each pipeline with one timer, and no
+        # per-reply clock reads (4 us of CPU per request less, interleaved runs).
+        ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False, health_checks=False)
         app.state.runtime = Runtime(
             settings=current,
             redis=redis,

@@ -106,20 +106,27 @@ def _pack_in_c(pool: ConnectionPool) -> ConnectionPool:
 
 
 def connect(
-    url: str, *, timeout_s: float, max_connections: int | None = None, read_timeouts: bool = True
+    url: str,
+    *,
+    timeout_s: float,
+    max_connections: int | None = None,
+    read_timeouts: bool = True,
+    health_checks: bool = True,
 ) -> Redis:
     """A redis-py client for `url` (redis://, rediss:// with TLS, unix://; user and password as given).
 
     Socket timeouts bound every call, so an unreachable Redis turns into an error, not a hang.
     `read_timeouts=False` leaves reads unbounded, for a caller that puts one timer around a whole
     pipeline instead (the ingest batcher): redis-py arms a timer per reply read, which on Python 3.11
-    costs three getpid() system calls per reply.
+    costs three getpid() system calls per reply. `health_checks=False` drops redis-py's PING of a
+    connection idle for 30 s, which costs one more getpid() per reply (it reads the loop's clock
+    after each); a connection that Redis closed is still replaced when the pool hands it out.
     """
     client: Redis = Redis.from_url(
         url,
         socket_timeout=timeout_s if read_timeouts else None,
         socket_connect_timeout=timeout_s,
-        health_check_interval=30,
+        health_check_interval=30 if health_checks else 0,
         max_connections=max_connections,
         **tls_defaults(url),
     )

@@ -152,6 +152,18 @@ async def test_unreachable_redis_is_503_with_retry_after() -> None:
     assert healthy.status_code == 200
 
 
+async def test_connections_redis_closed_are_replaced_without_a_503(
+    client: httpx.AsyncClient, redis_sync: Redis
+) -> None:
+    """Redis closing the API's connections (its idle `timeout`, a failover) costs the next event nothing."""
+    for round_ in range(3):
+        body = envelope(f"evt_kill_{round_}")
+        response = await client.post(ENDPOINT, content=body, headers=signed_headers(body))
+        assert response.status_code == 202, response.text
+        # Every connection but this one: the API's, idle in their pools now.
+        assert redis_sync.client_kill_filter(_type="normal", skipme=True) >= 1
+
+
 async def test_readyz_is_ok_with_redis(client: httpx.AsyncClient) -> None:
     """Readyz answers 200 when Redis answers."""
     response = await client.get("/readyz")
