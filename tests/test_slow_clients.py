@@ -162,3 +162,64 @@ def test_a_second_request_head_on_a_kept_alive_connection_has_the_same_deadline(
     assert parsed is not None
     assert (parsed[0], b"header_timeout" in parsed[2]) == (408, True)
     assert HEADER_TIMEOUT_S - 0.5 < elapsed < HEADER_TIMEOUT_S + 1.5
+
+
+KEEPALIVE_S = 1.0
+
+
+@pytest.fixture
+def keepalive_api(tmp_path: Path, redis_url: str) -> Iterator[Api]:
+    """An API with OA_KEEPALIVE_TIMEOUT_S=1 and head and body deadlines past it."""
+    service = _start(
+        tmp_path, redis_url, OA_KEEPALIVE_TIMEOUT_S="1", OA_HEADER_TIMEOUT_S="4", OA_BODY_TIMEOUT_S="4"
+    )
+    yield Api(int(service.env["OA_PORT"]), service)
+    service.stop()
+
+
+def _exchange(sock: socket.socket, request: bytes) -> int:
+    """Send one request and read its whole answer; its status."""
+    sock.sendall(request)
+    raw = b""
+    while (parsed := parse_response(raw)) is None:
+        chunk = sock.recv(65_536)
+        assert chunk, "closed without an answer"
+        raw += chunk
+    return parsed[0]
+
+
+def _seconds_until_closed(sock: socket.socket) -> float:
+    started = time.monotonic()
+    assert sock.recv(100) == b""
+    return time.monotonic() - started
+
+
+HEALTHZ = request_head([], method=b"GET", target=b"/healthz")
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(keepalive_api: Api) -> None:
+    """After its answer, a connection that sends nothing more is closed OA_KEEPALIVE_TIMEOUT_S later."""
+    with socket.create_connection(("127.0.0.1", keepalive_api.port), timeout=10) as sock:
+        assert _exchange(sock, HEALTHZ) == 200
+        waited = _seconds_until_closed(sock)
+    assert KEEPALIVE_S - 0.2 < waited < KEEPALIVE_S + 0.8
+
+
+def test_each_answer_restarts_the_keepalive_clock(keepalive_api: Api) -> None:
+    """Requests 0.4 s apart keep a connection open for 3 s; it closes a keep-alive timeout after the last."""
+    with socket.create_connection(("127.0.0.1", keepalive_api.port), timeout=10) as sock:
+        for _ in range(8):
+            assert _exchange(sock, HEALTHZ) == 200
+            time.sleep(0.4 * KEEPALIVE_S)
+        waited = _seconds_until_closed(sock) + 0.4 * KEEPALIVE_S
+    assert KEEPALIVE_S - 0.2 < waited < KEEPALIVE_S + 0.8
+
+
+def test_a_request_under_way_outlives_the_keepalive_timeout(keepalive_api: Api) -> None:
+    """A second head sent slowly, past the keep-alive timeout but within its own deadline, is answered."""
+    with socket.create_connection(("127.0.0.1", keepalive_api.port), timeout=10) as sock:
+        assert _exchange(sock, HEALTHZ) == 200
+        time.sleep(0.5 * KEEPALIVE_S)
+        sock.sendall(HEALTHZ[:10])
+        time.sleep(1.5 * KEEPALIVE_S)
+        assert _exchange(sock, HEALTHZ[10:]) == 200
