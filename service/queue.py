@@ -4,6 +4,9 @@ We write arq jobs ourselves (inside the ledger's Lua scripts) so that the ledger
 the job land in one atomic step. A job carries only the event id and type; the body stays
 in the ledger. Jobs are JSON, never pickle: whoever can write to Redis must not be able to
 run code in the worker.
+
+The Redis clients of the API, the worker and the CLI are made here too (`connect`, `connect_arq`):
+timeouts, TLS defaults, and commands packed in C.
 """
 
 from __future__ import annotations
