@@ -106,6 +106,14 @@ class Accepted:
     first_sha256: str
 
 
+# An accept batch goes to Redis as soon as it holds this many calls, not only at the end of the
+# loop's turn: Redis, on another core, then runs the first scripts (and fsyncs them) while the API
+# parses the next requests. With one batch per turn, the API idled about a quarter of the time under
+# load, waiting for Redis. Interleaved runs, 64 connections: 8,900 -> 9,800 req/s with 16, about the
+# same with 12; 8 cost more CPU per request than it saved.
+ACCEPT_BATCH = 16
+
+
 class Ledger:
     """Atomic writes to the ledger and the queue. Construct once per process, in lifespan/startup."""
 
@@ -114,7 +122,7 @@ class Ledger:
         self.queue_expiry_ms = queue_expiry_ms
         # Concurrent requests' accepts share round trips (see service/batching.py); past
         # `timeout_s` a batch fails with TimeoutError.
-        self._accept = ScriptBatcher(redis, _ACCEPT, timeout_s=timeout_s)
+        self._accept = ScriptBatcher(redis, _ACCEPT, max_batch=ACCEPT_BATCH, timeout_s=timeout_s)
         self._requeue_if_lost = ScriptBatcher(redis, _REQUEUE_IF_LOST, timeout_s=timeout_s)
 
     async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
