@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import httpx
 
 from benchmarks.bodies import SECRET
-from tests.processes import compose_command
+from tests.processes import compose_command, rss_mb
 from tests.redis_server import RedisServer, free_port
 
 if TYPE_CHECKING:
@@ -45,14 +45,6 @@ def start_redis(directory: Path) -> RedisServer:
                 server.stop()
                 raise RuntimeError(f"redis-server started with {name}={actual!r}, not {expected!r}")
     return server
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, in MiB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 class Proc:

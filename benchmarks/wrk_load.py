@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 SCRIPT = Path(__file__).resolve().parent / "wrk" / "signed.lua"
 _MARKER = "BENCH_WRK "
 _STALL_S = 2.0
+_PROGRESS_EVERY_S = 0.1  # a read of the Redis under test: rarely, while it is being measured
 
 
 def find_wrk(*, install: bool) -> str | None:
@@ -49,11 +50,14 @@ def _stop_when_done(
 ) -> None:
     deadline = time.monotonic() + bound_s
     last, last_change = -1, time.monotonic()
+    next_progress = last_change
     while process.poll() is None and time.monotonic() < deadline:
         if all(marker.exists() for marker in markers):
             break
-        if progress is not None:
-            now, current = time.monotonic(), progress()
+        now = time.monotonic()
+        if progress is not None and now >= next_progress:
+            next_progress = now + _PROGRESS_EVERY_S
+            current = progress()
             if current != last:
                 last, last_change = current, now
             elif now - last_change > _STALL_S:

@@ -21,6 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def compose_command(service: str) -> list[str]:
     """The `command:` of a compose service, as an argv list."""
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))

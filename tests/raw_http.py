@@ -59,6 +59,19 @@ def parse_response(raw: bytes) -> tuple[int, dict[bytes, bytes], bytes] | None:
     return int(status_line.split()[1]), headers, rest[:length]
 
 
+def read_response(sock: socket.socket) -> tuple[tuple[int, dict[bytes, bytes], bytes] | None, bytes]:
+    """Read one whole response, or until the server closes: (parsed or None, the bytes read)."""
+    raw = b""
+    parsed = None
+    while parsed is None:
+        chunk = sock.recv(65_536)
+        if not chunk:
+            break
+        raw += chunk
+        parsed = parse_response(raw)
+    return parsed, raw
+
+
 def exchange(
     port: int,
     pieces: list[bytes],
@@ -77,14 +90,7 @@ def exchange(
                 sock.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break  # the server answered and closed early; read what it said
-        raw = b""
-        parsed = None
-        while parsed is None:
-            chunk = sock.recv(65_536)
-            if not chunk:
-                break
-            raw += chunk
-            parsed = parse_response(raw)
+        parsed, raw = read_response(sock)
         assert parsed is not None, f"no complete response: {raw[:300]!r}"
         seconds = time.monotonic() - started
         closed = False

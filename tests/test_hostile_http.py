@@ -8,12 +8,12 @@ untouched. The helpers are in `tests/raw_http.py`, the `api` fixture in `conftes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from redis import Redis
 
 from service.settings import Settings
+from tests.processes import rss_mb
 from tests.raw_http import BODY, CL, SIG, SIGNATURE, Api, exchange, request_head, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -146,18 +146,13 @@ def test_head_size_limit_is_exact(api: Api, redis_sync: Redis) -> None:
     assert snapshot(redis_sync) == (0, set())
 
 
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
-
-
 def test_a_50_mb_header_is_refused_without_buffering_it(api: Api) -> None:
     """A 50 MB header streamed at the server gets 431 while the API grows by under 10 MB."""
     assert api.service.process is not None
     pid = api.service.process.pid
-    before = _rss_mb(pid)
+    before = rss_mb(pid)
     megabyte = b"a" * 1_048_576
     reply = exchange(api.port, [_head(CL, SIG).removesuffix(b"\r\n\r\n") + b"\r\nx-big: ", *[megabyte] * 50])
     assert (reply.status, reply.json()["error"]) == _TOO_LARGE
     assert reply.closed
-    assert _rss_mb(pid) - before < 10
+    assert rss_mb(pid) - before < 10

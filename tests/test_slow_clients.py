@@ -20,7 +20,7 @@ from redis import Redis
 from service.signature import SIGNATURE_HEADER, sign
 from tests.conftest import ENDPOINT, SECRET, envelope
 from tests.processes import Service, service_env, wait_until_ready
-from tests.raw_http import Api, parse_response, request_head
+from tests.raw_http import Api, parse_response, read_response, request_head
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -180,11 +180,8 @@ def keepalive_api(tmp_path: Path, redis_url: str) -> Iterator[Api]:
 def _exchange(sock: socket.socket, request: bytes) -> int:
     """Send one request and read its whole answer; its status."""
     sock.sendall(request)
-    raw = b""
-    while (parsed := parse_response(raw)) is None:
-        chunk = sock.recv(65_536)
-        assert chunk, "closed without an answer"
-        raw += chunk
+    parsed, _ = read_response(sock)
+    assert parsed is not None, "closed without an answer"
     return parsed[0]
 
 

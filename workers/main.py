@@ -205,12 +205,10 @@ async def _run_once(worker: _Worker, redis: Any, stopper: _Stopper) -> bool:
         log.warning("lost Redis (%s)", type(exc).__name__, extra={"error": type(exc).__name__})
         return True
     finally:
-        for task in (reconciler, watchdog, run):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (reconciler, watchdog, run) if t is not None), return_exceptions=True
-        )
+        tasks = [task for task in (reconciler, watchdog, run) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await _teardown(worker, redis)
     return False
 

@@ -22,11 +22,11 @@ _starts: dict[str, list[float]] = {}
 @on("*")
 async def probe(event: Event, _ctx: Context) -> None:
     """Note the start of this run."""
-    _starts.setdefault(event.id, []).append(time.time())
+    record(event.id)
 
 
 def record(event_id: str) -> None:
-    """The same note, for the bare arq job of benchmarks/bare_arq.py."""
+    """Note a run's start; also called by the bare arq job of benchmarks/bare_arq.py."""
     _starts.setdefault(event_id, []).append(time.time())
 
 
