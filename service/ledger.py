@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from service import queue
 from service.batching import ScriptBatcher
+from service.scripts import load_script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -39,54 +40,6 @@ def event_key(event_id: str) -> str:
 def minute_stats_key(now_ms: int) -> str:
     """Counters for the minute that `now_ms` falls in; they expire after a quarter of an hour."""
     return f"oa:stats:m:{now_ms // 60_000}"
-
-
-# KEYS: event, job, queue, pending, stats, minute stats
-# ARGV: id, body, sha256, received_ms, secret index, type, job bytes, job ttl ms, minute ttl s
-_ACCEPT = """
-local first = redis.call('HGET', KEYS[1], 'sha256')
-if first then
-  if first == ARGV[3] then
-    redis.call('HINCRBY', KEYS[5], 'duplicate_total', 1)
-    return {'duplicate', first}
-  end
-  redis.call('HINCRBY', KEYS[5], 'conflict_total', 1)
-  return {'conflict', first}
-end
-redis.call('HSET', KEYS[1], 'body', ARGV[2], 'sha256', ARGV[3], 'received_ms', ARGV[4],
-           'secret', ARGV[5], 'type', ARGV[6], 'state', 'queued')
-redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-redis.call('HINCRBY', KEYS[5], 'received_total', 1)
-redis.call('HINCRBY', KEYS[5], 'received:' .. ARGV[6], 1)
-redis.call('HINCRBY', KEYS[5], 'secret:' .. ARGV[5], 1)
-redis.call('HSET', KEYS[5], 'last_received_ms', ARGV[4])
-redis.call('HINCRBY', KEYS[6], 'received', 1)
-redis.call('EXPIRE', KEYS[6], ARGV[9])
-return {'accepted', ARGV[3]}
-"""
-
-# Re-queue an event whose arq job is gone, atomically with the check, so a job that a worker
-# finishes at the same moment is never queued twice.
-# KEYS: event, job, in-progress, queue, pending ; ARGV: id, now ms, job bytes, job ttl ms
-_REQUEUE_IF_LOST = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  return 'missing'
-end
-if state == 'done' or state == 'dead' or state == 'purged' then
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  return 'finished'
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 'running' end
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 'queued' end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'queued')
-return 'requeued'
-"""
 
 
 class Outcome(StrEnum):
@@ -122,8 +75,12 @@ class Ledger:
         self.queue_expiry_ms = queue_expiry_ms
         # Concurrent requests' accepts share round trips (see service/batching.py); past
         # `timeout_s` a batch fails with TimeoutError.
-        self._accept = ScriptBatcher(redis, _ACCEPT, max_batch=ACCEPT_BATCH, timeout_s=timeout_s)
-        self._requeue_if_lost = ScriptBatcher(redis, _REQUEUE_IF_LOST, timeout_s=timeout_s)
+        self._accept = ScriptBatcher(
+            redis, load_script("service", "accept-6"), max_batch=ACCEPT_BATCH, timeout_s=timeout_s
+        )
+        self._requeue_if_lost = ScriptBatcher(
+            redis, load_script("service", "requeue-if-lost-5"), timeout_s=timeout_s
+        )
 
     async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
         """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict."""

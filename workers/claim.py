@@ -14,26 +14,11 @@ from typing import TYPE_CHECKING
 
 from arq.constants import in_progress_key_prefix
 
+from service.scripts import load_script
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
-
-# KEYS: queue ; ARGV: now ms, claim ttl ms, at most this many, in-progress key prefix, job ids...
-# Returns {id, score, id, score, ...} of the jobs claimed, in queue order.
-_CLAIM = """
-local now, ttl, limit, prefix = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local claimed = {}
-for i = 5, #ARGV do
-  if #claimed >= 2 * limit then break end
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now and redis.call('SET', prefix .. id, '1', 'NX', 'PX', ttl) then
-    claimed[#claimed + 1] = id
-    claimed[#claimed + 1] = score
-  end
-end
-return claimed
-"""
 
 
 class Claimer:
@@ -42,7 +27,7 @@ class Claimer:
     def __init__(self, redis: Redis, *, queue_name: str, claim_ttl_ms: int) -> None:
         self.queue_name = queue_name
         self.claim_ttl_ms = claim_ttl_ms
-        self._script: AsyncScript = redis.register_script(_CLAIM)
+        self._script: AsyncScript = redis.register_script(load_script("workers", "claim-1"))
 
     async def claim(self, job_ids: list[bytes], *, limit: int, now_ms: int) -> list[tuple[str, int]]:
         """Claim at most `limit` of `job_ids` (queue order); returns `(job id, score)` of each claimed."""

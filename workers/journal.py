@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from service import queue
 from service.ledger import DEAD_KEY, MINUTE_STATS_TTL_S, PENDING_KEY, STATS_KEY, event_key, minute_stats_key
+from service.scripts import load_script
 from service.stats import (
     HANDLER_BUCKETS_S,
     HANDLER_HISTOGRAM_KEY,
@@ -26,85 +29,6 @@ from service.stats import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-
-# KEYS: event ; ARGV: now ms, handler names...
-# Returns nil (no entry), {state} (already finished) or {'processing', body, received_ms, due..json...}
-_BEGIN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return false end
-if state == 'done' or state == 'dead' or state == 'purged' then return {state} end
-redis.call('HSET', KEYS[1], 'state', 'processing', 'processing_ms', ARGV[1])
-local entry = redis.call('HMGET', KEYS[1], 'body', 'received_ms')
-local out = {'processing', entry[1], entry[2]}
-local now = tonumber(ARGV[1])
-for i = 2, #ARGV do
-  local name = 'h:' .. ARGV[i]
-  local raw = redis.call('HGET', KEYS[1], name)
-  local h
-  if raw then h = cjson.decode(raw) else h = {state = 'pending', attempts = 0, next_ms = 0} end
-  local due = '0'
-  if h.state == 'pending' and tonumber(h.next_ms) <= now then
-    h.attempts = h.attempts + 1
-    due = '1'
-  end
-  raw = cjson.encode(h)
-  if due == '1' then redis.call('HSET', KEYS[1], name, raw) end
-  out[#out + 1] = due .. raw
-end
-return out
-"""
-
-
-# One script instead of a MULTI of a dozen commands: the same atomicity, far less client CPU.
-# KEYS: event, job, pending, dead, stats, minute stats, handler histogram, latency histogram
-# ARGV: id, outcome, now ms, retention s, queue expiry ms, type, minute ttl s,
-#       latency bucket field, latency sum field, latency s,
-#       n changed handlers, (field, state json) * n, n durations, (bucket field, sum field, s) * n
-_FINISH = """
-local id, outcome, now, type = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
-local i = 12
-for _ = 1, tonumber(ARGV[11]) do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local durations = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, durations do
-  redis.call('HINCRBY', KEYS[7], ARGV[i], 1)
-  redis.call('HINCRBYFLOAT', KEYS[7], ARGV[i + 1], ARGV[i + 2])
-  i = i + 3
-end
-if ARGV[8] ~= '' then
-  redis.call('HINCRBY', KEYS[8], ARGV[8], 1)
-  redis.call('HINCRBYFLOAT', KEYS[8], ARGV[9], ARGV[10])
-end
-local counter
-if outcome == 'retry' then
-  redis.call('HSET', KEYS[1], 'state', 'queued')
-  -- arq never refreshes a job's expiry on retry; we do, so a long schedule cannot expire.
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
-  counter = 'retried'
-elseif outcome == 'dead' then
-  redis.call('HSET', KEYS[1], 'state', 'dead', 'dead_ms', now)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('ZADD', KEYS[4], now, id)
-  counter = 'failed'
-else
-  redis.call('HSET', KEYS[1], 'state', 'done', 'done_ms', now)
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('ZREM', KEYS[3], id)
-  counter = 'processed'
-  if outcome == 'unhandled' then
-    redis.call('HINCRBY', KEYS[5], 'unhandled_total', 1)
-    redis.call('HINCRBY', KEYS[5], 'unhandled:' .. type, 1)
-    redis.call('HINCRBY', KEYS[6], 'unhandled', 1)
-  end
-end
-redis.call('HINCRBY', KEYS[5], counter .. '_total', 1)
-redis.call('HINCRBY', KEYS[5], counter .. ':' .. type, 1)
-redis.call('HINCRBY', KEYS[6], counter, 1)
-redis.call('EXPIRE', KEYS[6], ARGV[7])
-"""
 
 
 class HandlerStatus(StrEnum):
@@ -167,8 +91,8 @@ class Journal:
         self.redis = redis
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
-        self._begin = redis.register_script(_BEGIN)
-        self._finish = redis.register_script(_FINISH)
+        self._begin = redis.register_script(load_script("workers", "begin-1"))
+        self._finish = redis.register_script(load_script("workers", "finish-8"))
 
     async def begin(self, event_id: str, handler_names: list[str], *, now_ms: int) -> Claimed | str | None:
         """Mark the event `processing` and count an attempt for each due handler, atomically.
@@ -202,28 +126,28 @@ class Journal:
 
         `durations_s` (per handler that ran) and `latency_s` (receipt to success) feed the histograms.
         """
-        latency: list[str | int | float] = ["", "", 0.0]
+        latency: list[str] = []
         if latency_s is not None:
             series = f"{event_type}{SEPARATOR}"
-            latency = [series + str(bucket_index(latency_s, LATENCY_BUCKETS_S)), series + "sum", latency_s]
-        args: list[str | int | float] = [
-            event_id,
-            outcome.value,
-            now_ms,
-            self.retention_s,
-            self.queue_expiry_ms,
-            event_type,
-            MINUTE_STATS_TTL_S,
-            *latency,
-            len(changed),
-        ]
-        for name, state in changed.items():
-            args += [f"h:{name}", state.to_json()]
-        durations = durations_s or {}
-        args.append(len(durations))
-        for name, seconds in durations.items():
+            bucket = bucket_index(latency_s, LATENCY_BUCKETS_S)
+            latency = [f"{series}{bucket}", f"{series}sum", repr(latency_s)]
+        durations = []
+        for name, seconds in (durations_s or {}).items():
             series = f"{event_type}{SEPARATOR}{name}{SEPARATOR}"
-            args += [series + str(bucket_index(seconds, HANDLER_BUCKETS_S)), series + "sum", seconds]
+            bucket = bucket_index(seconds, HANDLER_BUCKETS_S)
+            durations.append([f"{series}{bucket}", f"{series}sum", repr(seconds)])
+        arg = {
+            "id": event_id,
+            "type": event_type,
+            "outcome": outcome.value,
+            "now_ms": str(now_ms),
+            "retention_s": str(self.retention_s),
+            "queue_expiry_ms": str(self.queue_expiry_ms),
+            "minute_ttl_s": str(MINUTE_STATS_TTL_S),
+            "handlers": {f"h:{name}": state.to_json() for name, state in changed.items()},
+            "durations": durations,
+            "latency": latency,
+        }
         keys = [
             event_key(event_id),
             queue.job_key(event_id),
@@ -234,4 +158,4 @@ class Journal:
             HANDLER_HISTOGRAM_KEY,
             LATENCY_HISTOGRAM_KEY,
         ]
-        await self._finish(keys=keys, args=args)
+        await self._finish(keys=keys, args=[orjson.dumps(arg)])

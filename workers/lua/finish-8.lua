@@ -1,0 +1,58 @@
+-- Finish a run of an event: store the handlers that ran, the event's new state, its counters and
+-- histogram samples. One script instead of a MULTI of a dozen commands: the same atomicity, far
+-- less client CPU.
+--
+-- KEYS[1] event              oa:event:<id>
+-- KEYS[2] job                arq:job:<id>
+-- KEYS[3] pending            oa:pending
+-- KEYS[4] dead               oa:dead
+-- KEYS[5] stats              oa:stats
+-- KEYS[6] minute stats       oa:stats:m:<minute>
+-- KEYS[7] handler histogram  oa:hist:handler
+-- KEYS[8] latency histogram  oa:hist:latency
+--
+-- ARGV[1] one JSON object (so that a new field cannot shift the others):
+--   id, type, outcome ('done' | 'unhandled' | 'retry' | 'dead'), now_ms, retention_s,
+--   queue_expiry_ms, minute_ttl_s: strings;
+--   handlers:  {"h:<name>": "<handler state json>", ...}, the handlers that ran;
+--   durations: [[bucket field, sum field, seconds], ...], one per handler that ran;
+--   latency:   [bucket field, sum field, seconds], receipt to success, or [] when not done.
+local a = cjson.decode(ARGV[1])
+local id, outcome, now, type = a.id, a.outcome, a.now_ms, a.type
+for name, state in pairs(a.handlers) do
+  redis.call('HSET', KEYS[1], name, state)
+end
+for _, d in ipairs(a.durations) do
+  redis.call('HINCRBY', KEYS[7], d[1], 1)
+  redis.call('HINCRBYFLOAT', KEYS[7], d[2], d[3])
+end
+if #a.latency == 3 then
+  redis.call('HINCRBY', KEYS[8], a.latency[1], 1)
+  redis.call('HINCRBYFLOAT', KEYS[8], a.latency[2], a.latency[3])
+end
+local counter
+if outcome == 'retry' then
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+  -- arq never refreshes a job's expiry on retry; we do, so a long schedule cannot expire.
+  redis.call('PEXPIRE', KEYS[2], a.queue_expiry_ms)
+  counter = 'retried'
+elseif outcome == 'dead' then
+  redis.call('HSET', KEYS[1], 'state', 'dead', 'dead_ms', now)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZADD', KEYS[4], now, id)
+  counter = 'failed'
+else
+  redis.call('HSET', KEYS[1], 'state', 'done', 'done_ms', now)
+  redis.call('EXPIRE', KEYS[1], a.retention_s)
+  redis.call('ZREM', KEYS[3], id)
+  counter = 'processed'
+  if outcome == 'unhandled' then
+    redis.call('HINCRBY', KEYS[5], 'unhandled_total', 1)
+    redis.call('HINCRBY', KEYS[5], 'unhandled:' .. type, 1)
+    redis.call('HINCRBY', KEYS[6], 'unhandled', 1)
+  end
+end
+redis.call('HINCRBY', KEYS[5], counter .. '_total', 1)
+redis.call('HINCRBY', KEYS[5], counter .. ':' .. type, 1)
+redis.call('HINCRBY', KEYS[6], counter, 1)
+redis.call('EXPIRE', KEYS[6], a.minute_ttl_s)
