@@ -86,7 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = Runtime(
             settings=current,
             redis=redis,
-            ledger=Ledger(ingest_redis, queue_expiry_ms=current.queue_expiry_ms, timeout_s=timeout_s),
+            ledger=Ledger(
+                ingest_redis,
+                queue_expiry_ms=current.queue_expiry_ms,
+                retention_s=current.retention_s,
+                timeout_s=timeout_s,
+            ),
         )
         # What start-up allocated (modules, app, settings) lives as long as the process; frozen, the
         # collector stops rescanning it on every full pass (see `gc.freeze`).

@@ -8,14 +8,20 @@ Keys (all prefixed `oa:`):
 - `oa:pending`: sorted set of ids not yet `done` or `dead` (score: receive time, ms).
 - `oa:dead`: sorted set of dead-lettered ids (score: when they died, ms).
 - `oa:stats` and `oa:stats:m:<minute>`: counters for `status` and `/metrics`.
+- `oa:seq`: the acceptance counter; each entry keeps its number as `seq`, the order in which
+  the API accepted events, whichever process or clock received them.
+- `oa:idx:lead:<lead id>` and `oa:idx:invoice:<invoice id>`: sorted sets of event ids by `seq`,
+  for the events whose payload names that lead or invoice (`lead_id` / `invoice_id` fields of
+  the entry). They expire with the retention of their newest event.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service import queue
 from service.batching import ScriptBatcher
@@ -29,12 +35,45 @@ if TYPE_CHECKING:
 PENDING_KEY = "oa:pending"
 DEAD_KEY = "oa:dead"
 STATS_KEY = "oa:stats"
+SEQUENCE_KEY = "oa:seq"
+# Ids we index: a number, or a short token of safe characters (never a key pattern or whitespace).
+_INDEXABLE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MINUTE_STATS_TTL_S = 900
 
 
 def event_key(event_id: str) -> str:
     """The ledger hash of one event."""
     return f"oa:event:{event_id}"
+
+
+def lead_index_key(lead_id: str) -> str:
+    """Event ids of one lead, by acceptance order."""
+    return f"oa:idx:lead:{lead_id}"
+
+
+def invoice_index_key(invoice_id: str) -> str:
+    """Event ids of one invoice, by acceptance order."""
+    return f"oa:idx:invoice:{invoice_id}"
+
+
+def _indexable(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and _INDEXABLE_ID.fullmatch(value):
+        return value
+    return ""
+
+
+def payload_ids(envelope: Envelope) -> tuple[str, str]:
+    """The lead id and invoice id the payload names ('' for none), as the ledger indexes them.
+
+    `lead_id` / `invoice_id`, or `id` in a payload of that kind: the provider's own examples use
+    both (`{"id": 12345}` and `{"lead_id": 12345}` for a lead).
+    """
+    payload, kind = envelope.payload, envelope.type.partition(".")[0]
+    lead = payload.get("lead_id", payload.get("id") if kind == "lead" else None)
+    invoice = payload.get("invoice_id", payload.get("id") if kind == "invoice" else None)
+    return _indexable(lead), _indexable(invoice)
 
 
 def minute_stats_key(now_ms: int) -> str:
@@ -70,13 +109,16 @@ ACCEPT_BATCH = 16
 class Ledger:
     """Atomic writes to the ledger and the queue. Construct once per process, in lifespan/startup."""
 
-    def __init__(self, redis: Redis, *, queue_expiry_ms: int, timeout_s: float | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, queue_expiry_ms: int, retention_s: int, timeout_s: float | None = None
+    ) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
+        self.retention_s = retention_s
         # Concurrent requests' accepts share round trips (see service/batching.py); past
         # `timeout_s` a batch fails with TimeoutError.
         self._accept = ScriptBatcher(
-            redis, load_script("service", "accept-6"), max_batch=ACCEPT_BATCH, timeout_s=timeout_s
+            redis, load_script("service", "accept-9"), max_batch=ACCEPT_BATCH, timeout_s=timeout_s
         )
         self._requeue_if_lost = ScriptBatcher(
             redis, load_script("service", "requeue-if-lost-5"), timeout_s=timeout_s
@@ -86,6 +128,7 @@ class Ledger:
         """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict."""
         sha256 = hashlib.sha256(body).hexdigest()
         job = queue.encode_job(envelope.id, envelope.type, enqueue_ms=now_ms)
+        lead_id, invoice_id = payload_ids(envelope)
         reply = await self._accept(
             [
                 event_key(envelope.id),
@@ -94,6 +137,9 @@ class Ledger:
                 PENDING_KEY,
                 STATS_KEY,
                 minute_stats_key(now_ms),
+                SEQUENCE_KEY,
+                lead_index_key(lead_id),
+                invoice_index_key(invoice_id),
             ],
             [
                 envelope.id,
@@ -105,6 +151,9 @@ class Ledger:
                 job,
                 self.queue_expiry_ms,
                 MINUTE_STATS_TTL_S,
+                lead_id,
+                invoice_id,
+                self.retention_s,
             ],
         )
         return Accepted(Outcome(reply[0].decode()), sha256, reply[1].decode())

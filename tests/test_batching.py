@@ -22,7 +22,7 @@ from tests.redis_server import free_port
 async def ledger(redis_url: str) -> AsyncIterator[Ledger]:
     """A ledger on the test Redis."""
     redis: AsyncRedis = queue.connect(redis_url, timeout_s=2)
-    yield Ledger(redis, queue_expiry_ms=60_000)
+    yield Ledger(redis, queue_expiry_ms=60_000, retention_s=3600)
     await redis.aclose()
 
 
@@ -52,7 +52,7 @@ async def test_a_flushed_script_cache_is_reloaded(ledger: Ledger, redis_sync: Re
 async def test_redis_errors_reach_every_caller() -> None:
     """With Redis unreachable, every caller of the batch gets the connection error."""
     redis: AsyncRedis = queue.connect(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
-    ledger = Ledger(redis, queue_expiry_ms=60_000)
+    ledger = Ledger(redis, queue_expiry_ms=60_000, retention_s=3600)
     results = await asyncio.gather(
         *(_accept(ledger, envelope(f"e{i}")) for i in range(3)), return_exceptions=True
     )

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 async def _accept(ctx: dict[str, Any], body: bytes) -> None:
-    ledger = Ledger(ctx["redis"], queue_expiry_ms=10_000)
+    ledger = Ledger(ctx["redis"], queue_expiry_ms=10_000, retention_s=3600)
     await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=time.time_ns() // 1_000_000)
 
 

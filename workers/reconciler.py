@@ -66,7 +66,11 @@ async def reconcile_once(state: WorkerState, *, worker_id: str) -> dict[str, int
     interval_ms = state.settings.reconcile_interval_s * 1000
     if not await state.redis.set(LOCK_KEY, worker_id, nx=True, px=interval_ms):
         return None
-    ledger = Ledger(state.redis, queue_expiry_ms=state.settings.queue_expiry_ms)
+    ledger = Ledger(
+        state.redis,
+        queue_expiry_ms=state.settings.queue_expiry_ms,
+        retention_s=state.settings.retention_s,
+    )
     found = await reconcile_pending(ledger, now_ms=time.time_ns() // 1_000_000)
     if found.get("requeued"):
         log.warning("reconciler repaired %d events", found["requeued"], extra={"count": found["requeued"]})

@@ -7,6 +7,9 @@
 -- KEYS[4] pending      oa:pending, ids not yet done or dead
 -- KEYS[5] stats        oa:stats, counters
 -- KEYS[6] minute stats oa:stats:m:<minute>
+-- KEYS[7] sequence     oa:seq, the order of acceptance across every API process
+-- KEYS[8] lead index   oa:idx:lead:<lead id>, event ids by sequence (unused without a lead id)
+-- KEYS[9] invoice index oa:idx:invoice:<invoice id>, the same for invoices
 --
 -- ARGV[1] id
 -- ARGV[2] body, as received
@@ -17,6 +20,9 @@
 -- ARGV[7] arq job bytes
 -- ARGV[8] job ttl, ms
 -- ARGV[9] minute stats ttl, s
+-- ARGV[10] lead id, or '' when the payload has none
+-- ARGV[11] invoice id, or ''
+-- ARGV[12] retention, s: an index key lives as long as its newest event is remembered
 local first = redis.call('HGET', KEYS[1], 'sha256')
 if first then
   if first == ARGV[3] then
@@ -26,8 +32,19 @@ if first then
   redis.call('HINCRBY', KEYS[5], 'conflict_total', 1)
   return {'conflict', first}
 end
+local seq = redis.call('INCR', KEYS[7])
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'sha256', ARGV[3], 'received_ms', ARGV[4],
-           'secret', ARGV[5], 'type', ARGV[6], 'state', 'queued')
+           'secret', ARGV[5], 'type', ARGV[6], 'state', 'queued', 'seq', seq)
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'lead_id', ARGV[10])
+  redis.call('ZADD', KEYS[8], seq, ARGV[1])
+  redis.call('EXPIRE', KEYS[8], ARGV[12])
+end
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], 'invoice_id', ARGV[11])
+  redis.call('ZADD', KEYS[9], seq, ARGV[1])
+  redis.call('EXPIRE', KEYS[9], ARGV[12])
+end
 redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
