@@ -1,9 +1,9 @@
 """Serve A (`raw`) or B (`naive`) through `oa-webhooks api` itself, with only the application swapped.
 
 `oa-webhooks api` chooses every uvicorn setting (HTTP protocol, limits, timeouts, logging; today in
-service/server.py). Swapping the public app's factory there keeps each of them, whatever the command
-passes, and replaces the app alone: A, B and C then differ in nothing else (the admin listener runs
-beside each, as in production). The bench checks which app answers.
+service/listeners.py and service/server.py). Swapping the public app's factory there keeps each of
+them, whatever the command passes, and replaces the app alone: A, B and C then differ in nothing
+else (the admin listener runs beside each, as in production). The bench checks which app answers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Any
 
-from service import cli, server
+from service import cli, listeners
 
 APPS = {"raw": "benchmarks.raw_app", "naive": "benchmarks.naive_app"}
 
@@ -24,7 +24,7 @@ def main() -> None:
     def other_app_instead(*_args: Any, **_kwargs: Any) -> Any:
         return other_app
 
-    server.create_app = other_app_instead
+    listeners.create_app = other_app_instead
     cli.api()
 
 

@@ -1,4 +1,4 @@
-"""The HTTP server: the public and admin listeners, uvicorn with httptools, our head and body limits.
+"""The HTTP server: uvicorn with httptools, our head and body limits, and malformed HTTP answered in JSON.
 
 httptools (llhttp) is the fast parser, about four times h11's request rate here, but uvicorn's
 protocol for it reads a request head of any size and has no deadline for a head or a body. The
@@ -8,124 +8,26 @@ subclass below adds exactly those guards. See README "Security".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from http import HTTPStatus
 from typing import TYPE_CHECKING, ClassVar
 
 import httptools
-import uvicorn
-import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.admin import create_admin_app
-from service.app import create_app
 from service.ingest import error_body
 from service.metrics import REQUESTS
-from service.state import open_runtime
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
-    from fastapi import FastAPI
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
-    from service.settings import Settings
 
 _log = logging.getLogger("oa.api")
 # Bytes of a request head that the parser callbacks do not show: "<method> <url> HTTP/1.1\r\n", the
 # ": " and "\r\n" of each header line, and the blank line that ends the head.
 _REQUEST_LINE_EXTRA = len("  HTTP/1.1\r\n\r\n")
 _HEADER_LINE_EXTRA = len(": \r\n")
-
-
-def serve(settings: Settings) -> None:
-    """Run the public and the admin listener in one process until SIGTERM/SIGINT.
-
-    Two `uvicorn.Server`s share one event loop (uvloop) and one `Runtime` (service/state.py), each
-    with its own socket, app and config. We chose two servers over one server with two sockets and
-    a dispatch on the local port: the public port keeps its exact path (`ReceiverApp` straight from
-    the guarded protocol, no dispatch per request), and each listener keeps its own connection limit,
-    so a busy webhook port cannot starve `/metrics` or the reverse. Both use the guarded protocol.
-
-    uvicorn's servers each take over SIGINT/SIGTERM and would undo each other's handlers; here the
-    process's signals are handled once and stop both: gracefully on the first, at once on a second
-    SIGINT, as uvicorn does. The exit status is 0 after a signal, 1 if a listener could not start.
-    """
-    started = uvloop.run(_serve_both(settings))
-    if not started:
-        raise SystemExit(1)
-
-
-async def _serve_both(settings: Settings) -> bool:
-    async with open_runtime(settings) as runtime:
-        public = _Listener(
-            _config(settings, create_app(settings, runtime=runtime), settings.host, settings.port)
-        )
-        admin = _Listener(
-            _config(
-                settings,
-                create_admin_app(settings, runtime=runtime),
-                settings.admin_host,
-                settings.admin_port,
-            )
-        )
-        listeners = (public, admin)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, _stop, listeners, signum)
-        tasks = [asyncio.create_task(_run(listener)) for listener in listeners]
-        # Whichever stops (a signal, or a port already taken), the other stops too.
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        _stop(listeners, signal.SIGTERM)
-        await asyncio.gather(*tasks)
-        return all(listener.started for listener in listeners)
-
-
-def _config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Config:
-    guards = {
-        "max_head_bytes": settings.max_header_bytes,
-        "header_timeout_s": settings.header_timeout_s,
-        "body_timeout_s": settings.body_timeout_s,
-    }
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=type("Protocol", (GuardedHttpToolsProtocol,), guards),
-        ws="none",
-        access_log=settings.access_log,
-        log_config=None,
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keepalive_timeout_s,
-        server_header=False,
-        # We never read the client address; X-Forwarded-For parsing would only cost time.
-        proxy_headers=False,
-    )
-
-
-async def _run(listener: uvicorn.Server) -> None:
-    # uvicorn logs why it cannot start (a port taken) and raises SystemExit; the other listener must
-    # still stop and the runtime close, so the status is decided in `serve`.
-    with contextlib.suppress(SystemExit):
-        await listener.serve()
-
-
-class _Listener(uvicorn.Server):
-    """A uvicorn server that leaves the process's signals to `serve`."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Install nothing: `_serve_both` handles SIGINT and SIGTERM for both listeners."""
-        yield
-
-
-def _stop(listeners: tuple[uvicorn.Server, ...], signum: int) -> None:
-    for listener in listeners:
-        if listener.should_exit and signum == signal.SIGINT:
-            listener.force_exit = True
-        listener.should_exit = True
 
 
 class HeadTooLarge(Exception):
