@@ -105,6 +105,8 @@ def readme_handler_command() -> list[str]:
 
 def prepare(run: Run) -> None:
     """Tools, engine, stand-in base images, CRM namespace."""
+    if os.geteuid() != 0:
+        raise SystemExit("compose-test: run it as root (it installs packages, runs dockerd and ip netns)")
     host.ensure_tools()
     run.daemon = host.ensure_dockerd(run.work)
     print("  base images: " + host.ensure_standins())
@@ -206,12 +208,13 @@ def _send_until(run: Run, stop: threading.Event, sent: list[_Sent], prefix: str)
     while not stop.is_set():
         number += 1
         event_id, started = f"{prefix}-{number}", time.monotonic()
-        response = run.post(EVENT_TYPES[number % len(EVENT_TYPES)], event_id)
-        sent.append(
-            _Sent(
-                event_id, response.status_code, started, time.monotonic(), response.headers.get("retry-after")
-            )
-        )
+        try:
+            response = run.post(EVENT_TYPES[number % len(EVENT_TYPES)], event_id)
+        except httpx.HTTPError:  # the API must stay up: recorded as status 0, which fails the step
+            sent.append(_Sent(event_id, 0, started, time.monotonic(), None))
+            continue
+        retry_after = response.headers.get("retry-after")
+        sent.append(_Sent(event_id, response.status_code, started, time.monotonic(), retry_after))
         time.sleep(0.02)
 
 
