@@ -129,7 +129,10 @@ def run() -> None:
     redis_process = None if _redis_answers(url) else _start_redis(url)
     api = subprocess.Popen(API_COMMAND)
     worker = subprocess.Popen(WORKER_COMMAND)
-    typer.echo(f"API on http://{settings.host}:{settings.port} - try: oa-webhooks send lead.created")
+    typer.echo(
+        f"API on http://{settings.host}:{settings.port} - try: oa-webhooks send lead.created; "
+        f"/metrics and /readyz on http://{settings.admin_host}:{settings.admin_port}"
+    )
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
