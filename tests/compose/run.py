@@ -334,7 +334,9 @@ def main() -> None:
         print(f"  {seconds:7.1f} s  {name}")
     print(f"  {sum(s for _, s in times):7.1f} s  total")
     if failed is not None:
+        print(f"compose-test: FAILED; the CRM's records and dockerd's log are in {work}")
         raise failed
+    shutil.rmtree(work, ignore_errors=True)
     print("compose-test: PASS")
 
 
