@@ -88,6 +88,11 @@ class _Worker(Worker):
             await tx.execute()
 
 
+def handler_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The `ctx.http` that every handler of this worker shares: each connect, read and write bounded."""
+    return httpx.AsyncClient(timeout=settings.handler_http_timeout_s)
+
+
 def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, worker_id: str) -> _Worker:
     """The arq worker with our job and the settings' tuning."""
     state = WorkerState(
@@ -222,7 +227,7 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopper, signum)
     delay_s = 0.5
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with handler_http_client(settings) as http:
         while not stopper.stopping.is_set():
             redis = queue.connect_arq(
                 settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s
