@@ -84,7 +84,7 @@ class SnapshotCollector(Collector):
             ("dead_letter_events", "Dead-lettered events awaiting replay or purge.", s.dead),
             (
                 "oldest_ready_age_seconds",
-                "Age of the oldest event due to run (the lag).",
+                "Age of the oldest event that is due and not running (the lag).",
                 s.oldest_ready_age_s,
             ),
             ("live_workers", "Workers with a heartbeat in the last three intervals.", len(s.workers)),
