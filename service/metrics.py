@@ -109,6 +109,14 @@ class SnapshotCollector(Collector):
             for event_type, count in sorted(s.per_type(name).items()):
                 family.add_metric([event_type], count)
             yield family
+        mismatches = CounterMetricFamily(
+            f"{PREFIX}_payload_mismatch",
+            "Events whose payload did not fit their type's model (handlers got the plain Payload), by type.",
+            labels=["type"],
+        )
+        for event_type, count in sorted(s.per_type("payload_mismatch").items()):
+            mismatches.add_metric([event_type], count)
+        yield mismatches
         yield CounterMetricFamily(
             f"{PREFIX}_duplicates", "Redeliveries answered 200.", value=s.total("duplicate")
         )

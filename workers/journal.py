@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from service import queue
@@ -107,6 +108,11 @@ redis.call('EXPIRE', KEYS[6], ARGV[7])
 """
 
 
+_COUNT_PAYLOAD_MISMATCH = (files("workers") / "lua" / "count_payload_mismatch.lua").read_text(
+    encoding="utf-8"
+)
+
+
 class HandlerStatus(StrEnum):
     """Where one handler stands for one event."""
 
@@ -169,6 +175,11 @@ class Journal:
         self.queue_expiry_ms = queue_expiry_ms
         self._begin = redis.register_script(_BEGIN)
         self._finish = redis.register_script(_FINISH)
+        self._count_mismatch = redis.register_script(_COUNT_PAYLOAD_MISMATCH)
+
+    async def count_payload_mismatch(self, event_id: str, event_type: str) -> bool:
+        """Count the event in `payload_mismatch_total` and per type, once per event; True if counted now."""
+        return bool(await self._count_mismatch(keys=[event_key(event_id), STATS_KEY], args=[event_type]))
 
     async def begin(self, event_id: str, handler_names: list[str], *, now_ms: int) -> Claimed | str | None:
         """Mark the event `processing` and count an attempt for each due handler, atomically.

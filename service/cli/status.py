@@ -54,7 +54,10 @@ def render(snapshot: Snapshot) -> Group:
     events.add_row("last 5 min", *(str(s.recent.get(n, 0)) for n in _COUNTERS))
     for event_type in types:
         events.add_row(event_type, *(str(s.per_type(n).get(event_type, 0)) for n in _COUNTERS))
-    events.caption = f"duplicates {s.total('duplicate')}, conflicts {s.total('conflict')}"
+    events.caption = (
+        f"duplicates {s.total('duplicate')}, conflicts {s.total('conflict')}, "
+        f"payloads not fitting their model {s.total('payload_mismatch')}"
+    )
     workers = Table(
         "worker",
         "last heartbeat",
