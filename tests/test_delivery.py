@@ -15,12 +15,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from redis import Redis
 
 from service.ledger import DEAD_KEY, event_key
+from service.stats import WORKERS_KEY, worker_key
 from tests.conftest import ENDPOINT, SECRET, signed_headers
 from tests.delivery_probe import SOURCE, completed, effects, probe_body, starts
 from tests.processes import Stack, wait_for
@@ -72,6 +74,10 @@ def _post(stack: Stack, body: bytes) -> int:
     return httpx.post(
         stack.base_url + ENDPOINT, content=body, headers=signed_headers(body), timeout=10
     ).status_code
+
+
+def _worker_entries(redis: Redis) -> list[Any]:
+    return [redis.hgetall(worker_key(w.decode())) for w in redis.zrange(WORKERS_KEY, 0, -1)]
 
 
 def _assert_once_each(redis: Redis, ids: list[str]) -> None:
@@ -136,6 +142,8 @@ def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path:
     with _stack_on_own_redis(tmp_path) as (server, stack):
         stack.start()
         assert _post(stack, probe_body("up_1")) == 202
+        with server.client() as redis:
+            wait_for(lambda: completed(redis).get("up_1"), timeout_s=10, what="the first event")
         server.stop()
         down = [_post(stack, probe_body(f"down_{i}")) for i in range(5)]
         assert down == [503] * 5
@@ -148,6 +156,12 @@ def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path:
             )
             _assert_once_each(redis, ["up_1", "up_2", "up_3"])
             assert not any(k.startswith(b"oa:event:down_") for k in redis.keys("oa:event:*"))
+            # The worker rebuilt after the lost connection carries on the process's job counts.
+            wait_for(
+                lambda: [w.get(b"jobs_complete") for w in _worker_entries(redis)] == [b"3"],
+                timeout_s=5,
+                what="the worker table to count all three jobs",
+            )
 
 
 def test_a_frozen_redis_is_a_lost_connection_and_the_worker_recovers(tmp_path: Path) -> None:
