@@ -18,11 +18,20 @@ from redis.exceptions import WatchError
 
 from service import queue
 from service.ledger import DEAD_KEY, PENDING_KEY, event_key
+from service.scripts import load_script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 _KEEP_ON_PURGE = ("sha256", "type", "received_ms", "secret")
+_PURGE_DEAD = load_script("service", "purge-dead-2")
+# A replay reads the entry under WATCH and writes it in MULTI; a worker or another replay that
+# changes it in between makes it start over, this many times at most.
+REPLAY_TRIES = 10
+
+
+class ReplayContended(Exception):
+    """The event kept changing while `dlq replay` tried to re-queue it; nothing was replayed."""
 
 
 def _iso(ms: int | None) -> str | None:
@@ -90,10 +99,14 @@ def dead_letters_of(event_id: str, entry: dict[str, str]) -> list[DeadLetter]:
 class DeadLetters:
     """List, show, replay and purge dead letters."""
 
-    def __init__(self, redis: Redis, *, retention_s: int, queue_expiry_ms: int) -> None:
+    def __init__(
+        self, redis: Redis, *, retention_s: int, queue_expiry_ms: int, replay_tries: int = REPLAY_TRIES
+    ) -> None:
         self.redis = redis
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
+        self.replay_tries = replay_tries
+        self._purge = redis.register_script(_PURGE_DEAD)
 
     async def ids(self, *, older_than_s: float | None = None) -> list[str]:
         """Dead event ids, oldest first; only those dead for longer than `older_than_s` if given."""
@@ -129,7 +142,7 @@ class DeadLetters:
         """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead."""
         key = event_key(event_id)
         async with self.redis.pipeline(transaction=True) as tx:
-            while True:
+            for _ in range(self.replay_tries):
                 try:
                     await tx.watch(key)
                     entry = _decode(await tx.hgetall(key))  # type: ignore[misc]  # redis-py types it sync|async
@@ -164,17 +177,16 @@ class DeadLetters:
                     return [name[2:] for name in revived]
                 except WatchError:
                     continue
+        raise ReplayContended(
+            f"{event_id} changed under each of {self.replay_tries} tries to replay it; try again"
+        )
 
     async def purge(self, event_id: str) -> bool:
-        """Drop a dead event's body and errors, keeping a dedup tombstone for the retention period."""
-        key = event_key(event_id)
-        if await self.redis.hget(key, "state") != b"dead":  # type: ignore[misc]
-            return False
-        fields = [f for f in await self.redis.hkeys(key) if f.decode() not in _KEEP_ON_PURGE]  # type: ignore[misc]
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.hdel(key, *fields)
-            tx.hset(key, "state", "purged")
-            tx.expire(key, self.retention_s)
-            tx.zrem(DEAD_KEY, event_id)
-            await tx.execute()
-        return True
+        """Drop a dead event's body and errors, keeping a dedup tombstone for the retention period.
+
+        Atomic against a replay: False when the event is not dead (any more).
+        """
+        purged = await self._purge(
+            keys=[event_key(event_id), DEAD_KEY], args=[event_id, self.retention_s, *_KEEP_ON_PURGE]
+        )
+        return bool(purged)

@@ -37,6 +37,7 @@ FIELDS = (
     "worker",
     "secret_index",
     "detail",
+    "fields",
 )
 
 

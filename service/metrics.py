@@ -7,11 +7,17 @@ Two kinds of series, both prefixed `oa_webhooks_`:
 - system-wide, read from Redis at scrape time (the same on every replica, so aggregate them
   with `max`, not `sum`): queue gauges, event counters by type, handler-duration and
   end-to-end latency histograms, live workers, the time of the last received event.
+
+`redis_up` says whether that read worked. When Redis cannot be read, the answer is still 200
+with this process's series and `redis_up 0`: the system-wide series are left out, never
+reported as 0, so an alert on them has no data rather than a false all-clear, and Prometheus
+does not take the API itself for down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, disable_created_metrics, generate_latest
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
 
     from starlette.requests import Request
 
+log = logging.getLogger("oa.api")
 PREFIX = "oa_webhooks"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -84,7 +91,7 @@ class SnapshotCollector(Collector):
             ("dead_letter_events", "Dead-lettered events awaiting replay or purge.", s.dead),
             (
                 "oldest_ready_age_seconds",
-                "Age of the oldest event due to run (the lag).",
+                "Age of the oldest event that is due and not running (the lag).",
                 s.oldest_ready_age_s,
             ),
             ("live_workers", "Workers with a heartbeat in the last three intervals.", len(s.workers)),
@@ -102,6 +109,14 @@ class SnapshotCollector(Collector):
             for event_type, count in sorted(s.per_type(name).items()):
                 family.add_metric([event_type], count)
             yield family
+        mismatches = CounterMetricFamily(
+            f"{PREFIX}_payload_mismatch",
+            "Events whose payload did not fit their type's model (handlers got the plain Payload), by type.",
+            labels=["type"],
+        )
+        for event_type, count in sorted(s.per_type("payload_mismatch").items()):
+            mismatches.add_metric([event_type], count)
+        yield mismatches
         yield CounterMetricFamily(
             f"{PREFIX}_duplicates", "Redeliveries answered 200.", value=s.total("duplicate")
         )
@@ -132,15 +147,33 @@ class SnapshotCollector(Collector):
         )
 
 
+class RedisUpCollector(Collector):
+    """`redis_up`: 1 when this scrape read the system-wide figures from Redis, else 0."""
+
+    def __init__(self, *, up: bool) -> None:
+        self.up = up
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the one gauge."""
+        yield GaugeMetricFamily(
+            f"{PREFIX}_redis_up", "Whether this scrape could read Redis (1) or not (0).", value=int(self.up)
+        )
+
+
 async def metrics(request: Request) -> Response:
-    """Per-process counters, then the system-wide figures read from Redis (503 if Redis is away)."""
+    """Per-process counters, `redis_up`, and the system-wide figures when Redis could be read: always 200."""
     runtime = runtime_of(request)
     settings = runtime.settings
+    registry = CollectorRegistry(auto_describe=False)
     try:
         async with asyncio.timeout(settings.redis_timeout_s):
             snapshot = await read_snapshot(runtime.redis, heartbeat_interval_s=settings.heartbeat_interval_s)
-    except (RedisError, OSError, TimeoutError):
-        return Response(generate_latest(REGISTRY), status_code=503, media_type=CONTENT_TYPE)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning(
+            "/metrics could not read Redis (%s)", type(exc).__name__, extra={"error": type(exc).__name__}
+        )
+        registry.register(RedisUpCollector(up=False))
+    else:
+        registry.register(RedisUpCollector(up=True))
+        registry.register(SnapshotCollector(snapshot))
     return Response(generate_latest(REGISTRY) + generate_latest(registry), media_type=CONTENT_TYPE)

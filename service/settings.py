@@ -1,20 +1,25 @@
 """Typed settings, read from the environment and `.env`, validated once at start-up.
 
 Every setting but two is prefixed `OA_`; the README's settings table lists them all.
-`OA_WEBHOOK_SECRET` is required and may hold several comma-separated secrets (rotation).
+`OA_WEBHOOK_SECRET` is required by the API and the worker and may hold several comma-separated
+secrets (rotation). The operator commands (`status`, `dlq`) only read Redis: they load
+`OperatorSettings`, which do not need the secret, so they run with only `REDIS_URL` set.
 """
 
 from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 16
 PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "your-secret-here"})
+
+
+S = TypeVar("S", bound="Settings")
 
 
 class SettingsError(Exception):
@@ -67,6 +72,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: int = Field(default=60, ge=1)
     heartbeat_interval_s: float = Field(default=5, gt=0)
     queue_expiry_days: float = Field(default=7, gt=0)
+    handler_http_timeout_s: float = Field(default=10, gt=0)
 
     # Both
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -135,6 +141,19 @@ class Settings(BaseSettings):
         return self.job_timeout_s + 5
 
 
+class OperatorSettings(Settings):
+    """Settings for the commands an operator runs against Redis: the webhook secret may be absent.
+
+    They neither verify nor sign anything, and an operator's laptop should not need the secret.
+    Every other setting is read and validated as for the API and the worker.
+    """
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _require_secret(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        return value  # replaces the API's check of the same name: nothing here uses the secret
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     field = ".".join(str(p) for p in error["loc"]) or "settings"
@@ -145,18 +164,31 @@ def _first_error(exc: ValidationError) -> str:
     return f"{name}: {message}"
 
 
-def load_settings() -> Settings:
-    """Read and validate the settings, raising `SettingsError` with one line that names the variable."""
+def _load(kind: type[S]) -> S:
     try:
-        return Settings()
+        return kind()
     except ValidationError as exc:
         raise SettingsError(_first_error(exc)) from None
 
 
-def load_settings_or_exit() -> Settings:
-    """For entry points: print the one-line reason and exit with status 2 when settings are invalid."""
+def _load_or_exit(kind: type[S]) -> S:
     try:
-        return load_settings()
+        return _load(kind)
     except SettingsError as exc:
         print(f"oa-webhooks: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings, raising `SettingsError` with one line that names the variable."""
+    return _load(Settings)
+
+
+def load_settings_or_exit() -> Settings:
+    """For entry points: print the one-line reason and exit with status 2 when settings are invalid."""
+    return _load_or_exit(Settings)
+
+
+def load_operator_settings_or_exit() -> OperatorSettings:
+    """`load_settings_or_exit` for the operator commands (`status`, `dlq`): no webhook secret needed."""
+    return _load_or_exit(OperatorSettings)

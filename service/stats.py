@@ -11,8 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from arq.constants import in_progress_key_prefix
+
 from service import queue
 from service.ledger import DEAD_KEY, STATS_KEY, minute_stats_key
+from service.scripts import load_script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -24,8 +27,12 @@ SEPARATOR = "\t"  # cannot occur in a type (printable only) or in a handler name
 HANDLER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
 RECENT_MINUTES = 5
-# How many of the oldest ready jobs to look at for one that is not running (the lag).
-_LAG_PROBE = 50
+# The lag script walks the due range in pages of this many entries...
+LAG_PAGE = 100
+# ...and past this many running entries (far more than any fleet runs at once) counts the next
+# due entry as waiting, so a scrape stays bounded whatever the queue holds.
+LAG_WALK_LIMIT = 10_000
+_OLDEST_WAITING = load_script("service", "oldest-waiting-1")
 
 
 def worker_key(worker_id: str) -> str:
@@ -73,8 +80,8 @@ class Snapshot:
             "in_progress": self.in_progress,
             "dead": self.dead,
             "oldest_queued_age_s": round(self.oldest_ready_age_s, 3),
-            **{f"{n}_total": self.total(n) for n in (*names, "duplicate", "conflict")},
-            "per_type": {n: self.per_type(n) for n in names},
+            **{f"{n}_total": self.total(n) for n in (*names, "duplicate", "conflict", "payload_mismatch")},
+            "per_type": {n: self.per_type(n) for n in (*names, "payload_mismatch")},
             "last_5m": {n: self.recent.get(n, 0) for n in names},
             "secrets": self.per_type("secret"),
             "workers": self.workers,
@@ -91,16 +98,21 @@ def _floats(raw: dict[bytes, bytes]) -> dict[str, float]:
 
 
 async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapshot:
-    """Read everything in two pipelined round trips (plus one for the oldest ready jobs' claims)."""
+    """Read everything in two pipelined round trips: the counters, then each live worker's details."""
     now_ms = int(time.time() * 1000)
     minutes = [minute_stats_key(now_ms - i * 60_000) for i in range(RECENT_MINUTES)]
+    oldest_waiting = redis.register_script(_OLDEST_WAITING)  # no round trip: it only hashes the text
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcount(queue.QUEUE_NAME, "-inf", now_ms)
         pipe.zcount(queue.QUEUE_NAME, f"({now_ms}", "+inf")
         pipe.zcard(DEAD_KEY)
         pipe.hgetall(STATS_KEY)
         pipe.zrangebyscore(WORKERS_KEY, now_ms - heartbeat_interval_s * 3000, "+inf")
-        pipe.zrangebyscore(queue.QUEUE_NAME, "-inf", now_ms, start=0, num=_LAG_PROBE, withscores=True)
+        await oldest_waiting(
+            keys=[queue.QUEUE_NAME],
+            args=[now_ms, in_progress_key_prefix, LAG_PAGE, LAG_WALK_LIMIT],
+            client=pipe,
+        )
         pipe.hgetall(HANDLER_HISTOGRAM_KEY)
         pipe.hgetall(LATENCY_HISTOGRAM_KEY)
         for key in minutes:
@@ -111,7 +123,7 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
             dead,
             stats,
             live,
-            oldest,
+            (oldest_score, running_walked),
             handler_hist,
             latency_hist,
             *recent_raw,
@@ -119,17 +131,13 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
     async with redis.pipeline(transaction=False) as pipe:
         for worker_id in live:
             pipe.hgetall(worker_key(worker_id.decode()))
-        for job_id, _ in oldest:
-            pipe.exists(queue.in_progress_key(job_id.decode()))
         replies = await pipe.execute()
     workers = [
         {"id": w.decode(), **{k.decode(): v.decode() for k, v in info.items()}}
-        for w, info in zip(live, replies[: len(live)], strict=True)
+        for w, info in zip(live, replies, strict=True)
     ]
-    running = replies[len(live) :]
-    # Heartbeats can be a few seconds old; the claims on the oldest jobs are current.
-    in_progress = max(sum(int(w.get("running", 0)) for w in workers), sum(1 for busy in running if busy))
-    waiting = [score for (_, score), busy in zip(oldest, running, strict=True) if not busy]
+    # Heartbeats can be a few seconds old; the claims the lag script walked past are current.
+    in_progress = max(sum(int(w.get("running", 0)) for w in workers), int(running_walked))
     recent: dict[str, int] = {}
     for bucket in recent_raw:
         for name, count in _ints(bucket).items():
@@ -141,7 +149,7 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         scheduled=scheduled,
         in_progress=in_progress,
         dead=dead,
-        oldest_ready_age_s=max(0.0, (now_ms - min(waiting)) / 1000) if waiting else 0.0,
+        oldest_ready_age_s=max(0.0, (now_ms - float(oldest_score)) / 1000) if oldest_score else 0.0,
         counters=_ints(stats),
         recent=recent,
         workers=workers,

@@ -15,12 +15,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from redis import Redis
 
 from service.ledger import DEAD_KEY, event_key
+from service.stats import WORKERS_KEY, worker_key
 from tests.conftest import ENDPOINT, SECRET, signed_headers
 from tests.delivery_probe import SOURCE, completed, effects, probe_body, starts
 from tests.processes import Stack, wait_for
@@ -74,10 +76,33 @@ def _post(stack: Stack, body: bytes) -> int:
     ).status_code
 
 
-def _assert_once_each(redis: Redis, ids: list[str]) -> None:
-    runs = completed(redis)
-    assert all(runs.get(i, 0) >= 1 for i in ids), {i: runs.get(i) for i in ids if not runs.get(i)}
+def _worker_entries(redis: Redis) -> list[Any]:
+    return [redis.hgetall(worker_key(w.decode())) for w in redis.zrange(WORKERS_KEY, 0, -1)]
+
+
+def _assert_once_each(redis: Redis, ids: list[str], *, starts_each: int = 1) -> None:
+    """Each event completed exactly once, after exactly `starts_each` handler starts.
+
+    The effect counter cannot see a double run (the probe guards its effect with SET NX), and a
+    count of completions misses a second run that failed: handler starts see both.
+    """
+    done = completed(redis)
+    assert {i: done.get(i, 0) for i in ids} == dict.fromkeys(ids, 1), {
+        i: done.get(i, 0) for i in ids if done.get(i, 0) != 1
+    }
+    started = {i: len(starts(redis, i)) for i in ids}
+    assert started == dict.fromkeys(ids, starts_each), {i: n for i, n in started.items() if n != starts_each}
     assert effects(redis) == len(ids)
+
+
+def test_once_each_sees_a_double_run(redis_sync: Redis) -> None:
+    """The check fails for an event whose handler started twice, though its effect was applied once."""
+    redis_sync.rpush("probe:starts:twice", "1.0", "2.0")
+    redis_sync.hset("probe:done", "twice", 1)
+    redis_sync.set("probe:effects", 1)
+    with pytest.raises(AssertionError, match="twice"):
+        _assert_once_each(redis_sync, ["twice"])
+    _assert_once_each(redis_sync, ["twice"], starts_each=2)
 
 
 def test_sigkill_mid_handler_runs_again_on_a_new_worker(
@@ -95,8 +120,7 @@ def test_sigkill_mid_handler_runs_again_on_a_new_worker(
         stack.worker.start()
         # Bounded: OA_JOB_TIMEOUT_S + 15 s (arq's claim on the job expires, then it runs again).
         wait_for(lambda: completed(redis_sync).get("kill_1"), timeout_s=25, what="the re-run")
-        _assert_once_each(redis_sync, ["kill_1"])
-        assert len(starts(redis_sync, "kill_1")) == 2
+        _assert_once_each(redis_sync, ["kill_1"], starts_each=2)
         wait_for(lambda: redis_sync.hget(event_key("kill_1"), "state") == b"done", timeout_s=5, what="done")
     finally:
         stack.close()
@@ -126,7 +150,7 @@ def test_sigterm_past_the_grace_runs_the_event_again(
         assert completed(redis_sync) == {}
         stack.worker.start()
         wait_for(lambda: completed(redis_sync).get("term_2"), timeout_s=15, what="the re-run")
-        _assert_once_each(redis_sync, ["term_2"])
+        _assert_once_each(redis_sync, ["term_2"], starts_each=2)
     finally:
         stack.close()
 
@@ -136,6 +160,9 @@ def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path:
     with _stack_on_own_redis(tmp_path) as (server, stack):
         stack.start()
         assert _post(stack, probe_body("up_1")) == 202
+        with server.client() as redis:
+            # Recorded as done, not only run: a run whose outcome Redis never got may run again.
+            wait_for(lambda: redis.hget(event_key("up_1"), "state") == b"done", timeout_s=10, what="up_1")
         server.stop()
         down = [_post(stack, probe_body(f"down_{i}")) for i in range(5)]
         assert down == [503] * 5
@@ -148,6 +175,12 @@ def test_redis_down_means_503_and_everything_acknowledged_is_processed(tmp_path:
             )
             _assert_once_each(redis, ["up_1", "up_2", "up_3"])
             assert not any(k.startswith(b"oa:event:down_") for k in redis.keys("oa:event:*"))
+            # The worker rebuilt after the lost connection carries on the process's job counts.
+            wait_for(
+                lambda: [w.get(b"jobs_complete") for w in _worker_entries(redis)] == [b"3"],
+                timeout_s=5,
+                what="the worker table to count all three jobs",
+            )
 
 
 def test_a_frozen_redis_is_a_lost_connection_and_the_worker_recovers(tmp_path: Path) -> None:
@@ -156,7 +189,9 @@ def test_a_frozen_redis_is_a_lost_connection_and_the_worker_recovers(tmp_path: P
         stack.start()
         assert _post(stack, probe_body("before_freeze")) == 202
         with server.client() as redis:
-            wait_for(lambda: completed(redis).get("before_freeze"), timeout_s=15, what="the first event")
+            # Recorded as done, not only run: a run whose outcome Redis never got may run again.
+            done = event_key("before_freeze")
+            wait_for(lambda: redis.hget(done, "state") == b"done", timeout_s=15, what="the first event")
         server.signal(signal.SIGSTOP)
         wait_for(
             lambda: any(r.get("error") == "TimeoutError" for r in stack.worker.records()),
@@ -202,8 +237,7 @@ def test_flaky_handler_succeeds_once_after_retries(probe_stack: Stack, redis_syn
     """A handler failing N-1 times then succeeding: N tries, one success, no dead letter."""
     assert _post(probe_stack, probe_body("flaky_1", fail_times=3)) == 202
     wait_for(lambda: completed(redis_sync).get("flaky_1"), timeout_s=20, what="the fourth try to succeed")
-    assert len(starts(redis_sync, "flaky_1")) == 4
-    _assert_once_each(redis_sync, ["flaky_1"])
+    _assert_once_each(redis_sync, ["flaky_1"], starts_each=4)
     assert redis_sync.zcard(DEAD_KEY) == 0
 
 
@@ -243,7 +277,7 @@ def test_dead_letter_after_max_tries_then_replay(probe_stack: Stack, redis_sync:
     replayed = _dlq("replay", "dead_1", env=env)
     assert replayed.returncode == 0, replayed.stderr
     wait_for(lambda: completed(redis_sync).get("dead_1"), timeout_s=10, what="the replayed event to run")
-    _assert_once_each(redis_sync, ["dead_1"])
+    _assert_once_each(redis_sync, ["dead_1"], starts_each=5)  # 4 before the dead letter, 1 replayed
     assert redis_sync.zcard(DEAD_KEY) == 0
     assert _post(probe_stack, body) == 200
 
@@ -255,7 +289,6 @@ def test_fifty_concurrent_deliveries_give_one_202_and_one_run(probe_stack: Stack
     assert sorted(statuses) == [200] * 49 + [202]
     wait_for(lambda: completed(redis_sync).get("same_1"), timeout_s=10, what="the run")
     wait_for(lambda: redis_sync.hget(event_key("same_1"), "state") == b"done", timeout_s=5, what="done")
-    assert len(starts(redis_sync, "same_1")) == 1
     _assert_once_each(redis_sync, ["same_1"])
 
 

@@ -39,7 +39,7 @@ def test_alert_rules_are_valid() -> None:
 
 @needs_promtool
 def test_alerts_fire_on_their_conditions() -> None:
-    """`promtool test rules`: no worker, lag, new dead letters and silence each fire their alert."""
+    """`promtool test rules`: no worker, lag (also under saturation), dead letters, Redis down, silence."""
     result = _promtool("test", "rules", "alerts.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 from pydantic import SecretStr
+from rich.table import Table
 
+from service.cli.status import render
 from service.settings import Settings
+from service.stats import Snapshot
 from tests.processes import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -43,3 +46,40 @@ def test_the_table_lists_no_setting_that_does_not_exist() -> None:
     """No row names a variable that the code does not read."""
     known = {_env_name(field) for field in Settings.model_fields}
     assert set(_table()) <= known
+
+
+PATH_IN_COMMENT = re.compile(r"\b((?:[\w.-]+/)+[\w.-]+\.(?:md|py|yml|yaml|toml|lua|json))\b")
+
+
+def test_paths_named_in_pyproject_comments_exist() -> None:
+    """Every file a comment in pyproject.toml points to is in the repository."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    comments = [line.partition("#")[2] for line in text.splitlines() if "#" in line]
+    named = {m.group(1) for comment in comments for m in PATH_IN_COMMENT.finditer(comment)}
+    assert named, "no path found: the pattern is broken"
+    missing = sorted(path for path in named if not (ROOT / path).exists())
+    assert not missing, f"pyproject.toml names files that do not exist: {missing}"
+
+
+def test_rotation_steps_name_secrets_as_status_prints_them() -> None:
+    """The rotation steps watch the labels that `oa-webhooks status` prints for the two secrets."""
+    snapshot = Snapshot(
+        now_s=0,
+        ready=0,
+        scheduled=0,
+        in_progress=0,
+        dead=0,
+        oldest_ready_age_s=0,
+        counters={"secret:0": 3, "secret:1": 5},
+        recent={},
+        workers=[],
+        last_received_s=None,
+    )
+    secrets_table = render(snapshot).renderables[-1]
+    assert isinstance(secrets_table, Table)
+    labels = list(secrets_table.columns[0].cells)
+    assert len(labels) == 2
+    section = README[README.index("### Rotating the secret") : README.index("### A managed Redis")]
+    watch_step = next(line for line in section.splitlines() if line.startswith("3. "))
+    for label in labels:
+        assert f"`{label}`" in watch_step, f"step 3 does not watch {label}, as status prints it"

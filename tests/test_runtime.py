@@ -155,20 +155,6 @@ async def test_retry_on_limits_which_errors_are_retried(
     assert redis_sync.hget(event_key("evt_strict"), "state") == b"dead"
 
 
-async def test_invalid_payload_goes_to_dead_letters(worker_ctx: dict[str, Any], redis_sync: Redis) -> None:
-    """A payload that does not fit its type's model is dead at once, with the validation error."""
-
-    @on("lead.paid")
-    async def never(event: Event, ctx: Context) -> None:
-        raise AssertionError("must not run")
-
-    await _accept(worker_ctx, envelope("evt_badpay", "lead.paid", lead_id="not-a-number"))
-    await process_event(worker_ctx, "evt_badpay", "lead.paid")
-    state = _handler_state(redis_sync, "evt_badpay", f"{__name__}.{never.__qualname__}")
-    assert state["state"] == "dead"
-    assert "ValidationError" in state["last_error"]["type"]
-
-
 async def test_always_failing_handler_dies_after_max_tries(
     worker_ctx: dict[str, Any], redis_sync: Redis
 ) -> None:

@@ -32,6 +32,18 @@ PERSONAL = {"lead_id": 7, "email": EMAIL, "iban": IBAN, "name": "Jan Jansen-PII"
 NEEDLES = (SECRET, REDIS_PASSWORD, EMAIL, IBAN, "Jan Jansen-PII")
 
 
+# A misfit payload reaches handlers as the plain Payload (and the worker warns, naming the field);
+# this handler re-validates it, and pydantic's message quotes the IBAN: it must reach no log.
+STRICT_LEAD_PAID = """
+from workers import Context, Event, LeadPaid, on
+
+
+@on("lead.paid")
+async def strict_lead_paid(event: Event, ctx: Context) -> None:
+    LeadPaid.model_validate(event.payload.model_dump())
+"""
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server with a password, so the password can be looked for too."""
@@ -66,6 +78,7 @@ def test_no_secret_or_personal_data_in_logs_answers_or_cli_output(
 ) -> None:
     """Every outcome from 202 to dead logs ids and types, never secrets or payload."""
     stack = Stack(tmp_path, private_redis.url, SECRET)
+    stack.add_handler_module("strict_lead_paid", STRICT_LEAD_PAID)
     stack.start()
     answers: list[str] = []
     try:
@@ -107,6 +120,7 @@ def test_no_secret_or_personal_data_in_logs_answers_or_cli_output(
     assert {line["event_id"] for line in received} >= {"evt_pii_1", "evt_pii_dead", "evt_pii_cli"}
     assert all({"event_id", "type", "outcome"} <= set(line) for line in received)
     assert any(line.get("outcome") == "dead" and line.get("event_id") == "evt_pii_dead" for line in lines)
+    assert any(line.get("fields") == "lead_id" and line.get("event_id") == "evt_pii_dead" for line in lines)
 
 
 def test_short_secret_warns_at_start_without_showing_it(tmp_path: Path, redis_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_operator_settings_or_exit, load_settings
 from tests.conftest import make_settings
 
 BIN = Path(sys.executable).parent
@@ -88,3 +89,44 @@ def test_admin_port_must_differ_from_the_public_port(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("OA_ADMIN_PORT", "9000")
     with pytest.raises(SettingsError, match=r"^OA_ADMIN_PORT must differ from OA_PORT"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [
+        (["status", "--json"], 1),  # 1: no worker is alive; the JSON still comes
+        (["dlq", "list", "--json"], 0),
+        (["dlq", "show", "evt_nope"], 1),  # 1: no such event, which it could only learn from Redis
+        (["dlq", "replay", "--all"], 0),
+        (["dlq", "purge", "--all"], 0),
+    ],
+)
+def test_operator_commands_run_with_only_redis_url(
+    argv: list[str], status: int, tmp_path: Path, redis_url: str
+) -> None:
+    """`status` and `dlq` read Redis with only REDIS_URL set (no OA_WEBHOOK_SECRET), as on a laptop."""
+    result = subprocess.run(
+        [str(BIN / "oa-webhooks"), *argv],
+        env=_env_without_settings() | {"REDIS_URL": redis_url},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "OA_WEBHOOK_SECRET" not in result.stderr, result.stderr
+    assert result.returncode == status, result.stdout + result.stderr
+    if "--json" in argv:
+        assert json.loads(result.stdout) is not None
+
+
+def test_operator_settings_still_validate_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the secret the operator settings load, but a bad REDIS_URL is still refused by name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OA_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("REDIS_URL", "http://example:6379")
+    with pytest.raises(SystemExit) as exited:
+        load_operator_settings_or_exit()
+    assert exited.value.code == 2
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/0")
+    assert load_operator_settings_or_exit().webhook_secret == ()

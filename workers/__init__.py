@@ -16,8 +16,14 @@ The contract, in full:
   `max_tries` (`OA_MAX_TRIES`, or `on(..., max_tries=N)`), then it goes to dead letters,
   where `oa-webhooks dlq` can show and replay it. `on(..., retry_on=(SomeError,))` retries
   only those exception types; anything else goes to dead letters at once.
-- **Raise `PermanentError` when retrying cannot help**: straight to dead letters. A payload that
-  does not fit its model (`event.payload`) is treated the same.
+- **Raise `PermanentError` when retrying cannot help**: straight to dead letters.
+- **Every accepted event reaches its handlers.** `event.payload` is the model of the event's
+  type (`LeadPaid`, ...), whose fields are all optional: the provider documents none for
+  invoices, and its lead examples disagree (`id` or `lead_id`). A payload that still does not
+  fit (say `lead_id` is not a number) comes as the plain `Payload` with every field kept, and
+  `event.mismatched_fields` names the fields that did not fit; the worker logs a warning with
+  those names (never the values) and counts the event in `oa_webhooks_payload_mismatch_total`.
+  So check `isinstance(event.payload, LeadPaid)` before you rely on a typed field.
 - **Each handler stands alone.** Several handlers of one event run concurrently; one that fails
   does not stop the others, and a retry runs only the handlers that have not yet succeeded.
 - **Bounded.** Each run is cut at `OA_JOB_TIMEOUT_S` and counts as a failed try.

@@ -2,6 +2,11 @@
 
 Payload models keep unknown fields (`extra="allow"`): the provider's documentation elides
 some, and its webhooks are in beta. An unknown event type gets a `Payload` with every field.
+
+The models require no field: the provider documents none for invoices, and its two lead
+examples disagree (`id` in one, `lead_id` in the other). A payload that still does not fit its
+model (a field of the wrong type) is handed over as the plain `Payload`, every field kept, and
+`Event.mismatched_fields` names the fields that did not fit.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     from service.envelope import Envelope
@@ -23,9 +28,9 @@ class Payload(BaseModel):
 
 
 class LeadPayload(Payload):
-    """Fields of a lead, as in the provider's `lead.created` example (`id` is read as `lead_id`)."""
+    """Fields of a lead, as in the provider's `lead.created` examples (`id` is read as `lead_id`)."""
 
-    lead_id: int = Field(validation_alias=AliasChoices("lead_id", "id"))
+    lead_id: int | None = Field(default=None, validation_alias=AliasChoices("lead_id", "id"))
     website_code: str | None = None
     subcategory_id: str | int | None = None
     created_at: datetime | None = None
@@ -48,9 +53,9 @@ class LeadPaid(LeadPayload):
 
 
 class InvoicePayload(Payload):
-    """Fields of an invoice (`id` is read as `invoice_id`)."""
+    """Fields of an invoice, all optional: the provider documents none (`id` is read as `invoice_id`)."""
 
-    invoice_id: int = Field(validation_alias=AliasChoices("invoice_id", "id"))
+    invoice_id: int | None = Field(default=None, validation_alias=AliasChoices("invoice_id", "id"))
     lead_id: int | None = None
     created_at: datetime | None = None
 
@@ -76,20 +81,31 @@ KNOWN_TYPES = frozenset(PAYLOAD_MODELS)
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One verified Offerte Adviseur event. `id` is the same on every redelivery: key side effects on it."""
+    """One verified Offerte Adviseur event. `id` is the same on every redelivery: key side effects on it.
+
+    `payload` is the model of the event's type, or the plain `Payload` when it did not fit that
+    model; then `mismatched_fields` names the fields that did not fit (otherwise it is empty).
+    """
 
     id: str
     type: str
     payload: Payload
     received_at: datetime
+    mismatched_fields: tuple[str, ...] = ()
+
+
+def field_names(exc: ValidationError) -> tuple[str, ...]:
+    """The top-level field names a validation error is about, never the values (they may be personal)."""
+    return tuple(sorted({str(error["loc"][0]) if error["loc"] else "(payload)" for error in exc.errors()}))
 
 
 def build_event(envelope: Envelope, *, received_ms: int) -> Event:
-    """Validate the payload for its type; raises pydantic's `ValidationError` when it does not fit."""
+    """The event with its payload validated for its type, or as the plain `Payload` when it does not fit."""
     model = PAYLOAD_MODELS.get(envelope.type, Payload)
-    return Event(
-        id=envelope.id,
-        type=envelope.type,
-        payload=model.model_validate(envelope.payload),
-        received_at=datetime.fromtimestamp(received_ms / 1000, tz=UTC),
-    )
+    received_at = datetime.fromtimestamp(received_ms / 1000, tz=UTC)
+    try:
+        payload = model.model_validate(envelope.payload)
+    except ValidationError as exc:
+        plain = Payload.model_validate(envelope.payload)
+        return Event(envelope.id, envelope.type, plain, received_at, mismatched_fields=field_names(exc))
+    return Event(id=envelope.id, type=envelope.type, payload=payload, received_at=received_at)

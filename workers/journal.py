@@ -93,6 +93,11 @@ class Journal:
         self.queue_expiry_ms = queue_expiry_ms
         self._begin = redis.register_script(load_script("workers", "begin-1"))
         self._finish = redis.register_script(load_script("workers", "finish-8"))
+        self._count_mismatch = redis.register_script(load_script("workers", "count-payload-mismatch-2"))
+
+    async def count_payload_mismatch(self, event_id: str, event_type: str) -> bool:
+        """Count the event in `payload_mismatch_total` and per type, once per event; True if counted now."""
+        return bool(await self._count_mismatch(keys=[event_key(event_id), STATS_KEY], args=[event_type]))
 
     async def begin(self, event_id: str, handler_names: list[str], *, now_ms: int) -> Claimed | str | None:
         """Mark the event `processing` and count an attempt for each due handler, atomically.

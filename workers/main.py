@@ -38,6 +38,10 @@ log = logging.getLogger("oa.worker")
 # arq counts a job's tries itself and gives up past max_tries; our ledger does the counting,
 # per handler, so arq's limit only has to be out of the way.
 _ARQ_MAX_TRIES = 1_000_000
+# The heartbeat alone (OA_HEARTBEAT_INTERVAL_S, 5 s by default) left the job counts in `status`
+# up to an interval old: "complete 0, running 10" after ten events were done. Changed counts are
+# written on the next poll instead, at most this often.
+COUNTS_REFRESH_S = 0.5
 
 
 class _Worker(Worker):
@@ -50,6 +54,13 @@ class _Worker(Worker):
     worker_id: str
     started_ms: int
     claimer: Claimer
+    _published: tuple[int, int, int, int] | None = None
+
+    def carry_counts(self, previous: Worker) -> None:
+        """Continue the job counts of the worker this one replaces (same process, after a lost Redis)."""
+        self.jobs_complete = previous.jobs_complete
+        self.jobs_failed = previous.jobs_failed
+        self.jobs_retried = previous.jobs_retried
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many of `job_ids` as there are free slots, in one script, and start each."""
@@ -62,10 +73,15 @@ class _Worker(Worker):
             self.tasks[job_id] = task
 
     async def record_health(self) -> None:
+        """Write the heartbeat every interval, and the job counts once they change (at most every 0.5 s)."""
         now = time.time()
-        if now - self._last_health_check < self.health_check_interval:
+        since_s = now - self._last_health_check
+        running = sum(not t.done() for t in self.tasks.values())
+        counts = (self.jobs_complete, self.jobs_failed, self.jobs_retried, running)
+        if since_s < self.health_check_interval and (counts == self._published or since_s < COUNTS_REFRESH_S):
             return
         self._last_health_check = now
+        self._published = counts
         now_ms = int(now * 1000)
         ttl_s = int(self.health_check_interval * 3) + 1
         async with self.pool.pipeline(transaction=True) as tx:
@@ -80,12 +96,17 @@ class _Worker(Worker):
                     "jobs_complete": self.jobs_complete,
                     "jobs_failed": self.jobs_failed,
                     "jobs_retried": self.jobs_retried,
-                    "running": sum(not t.done() for t in self.tasks.values()),
+                    "running": running,
                 },
             )
             tx.expire(worker_key(self.worker_id), ttl_s)
             tx.zremrangebyscore(WORKERS_KEY, "-inf", now_ms - 3_600_000)
             await tx.execute()
+
+
+def handler_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The `ctx.http` that every handler of this worker shares: each connect, read and write bounded."""
+    return httpx.AsyncClient(timeout=settings.handler_http_timeout_s)
 
 
 def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, worker_id: str) -> _Worker:
@@ -222,12 +243,15 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopper, signum)
     delay_s = 0.5
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with handler_http_client(settings) as http:
         while not stopper.stopping.is_set():
             redis = queue.connect_arq(
                 settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s
             )
+            previous = stopper.worker
             stopper.worker = build_worker(settings, redis, http=http, worker_id=worker_id)
+            if previous is not None:
+                stopper.worker.carry_counts(previous)
             started = time.monotonic()
             if not await _run_once(stopper.worker, redis, stopper):
                 break

@@ -29,16 +29,36 @@ BATCH = 500
 GRACE_MS = 2_000
 
 
-async def reconcile_pending(ledger: Ledger, *, now_ms: int, grace_ms: int = GRACE_MS) -> dict[str, int]:
-    """Check every pending event older than `grace_ms`; returns how many were found in each state."""
+async def reconcile_pending(
+    ledger: Ledger, *, now_ms: int, grace_ms: int = GRACE_MS, page_size: int = BATCH
+) -> dict[str, int]:
+    """Check every pending event older than `grace_ms`; returns how many were found in each state.
+
+    Pages go by score, not by offset: checking a page removes finished and missing ids from the
+    set, which would shift an offset past entries never checked. Each page starts at the last
+    score seen, skipping the ids of that score already checked (several events can share a ms).
+    """
     redis = ledger.redis
     found: dict[str, int] = {}
-    offset = 0
+    low: float | str = "-inf"
+    seen_at_low: set[bytes] = set()
     while True:
-        ids = await redis.zrangebyscore(PENDING_KEY, "-inf", now_ms - grace_ms, start=offset, num=BATCH)
-        if not ids:
+        page = await redis.zrangebyscore(
+            PENDING_KEY,
+            low,
+            now_ms - grace_ms,
+            start=0,
+            num=page_size + len(seen_at_low),
+            withscores=True,
+        )
+        fresh = [(raw_id, score) for raw_id, score in page if raw_id not in seen_at_low]
+        if not fresh:
             return found
-        offset += len(ids)
+        ids = [raw_id for raw_id, _ in fresh]
+        last = fresh[-1][1]
+        seen_at_low = {raw_id for raw_id, score in page if score == last} if last == low else set()
+        seen_at_low |= {raw_id for raw_id, score in fresh if score == last}
+        low = last
         async with redis.pipeline(transaction=False) as pipe:
             for raw_id in ids:
                 pipe.hget(event_key(raw_id.decode()), "type")

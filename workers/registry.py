@@ -86,12 +86,27 @@ def registered() -> list[Handler]:
     return list(_handlers.values())
 
 
+class HandlerModuleError(Exception):
+    """A handler module could not be imported; the message names it and its exception."""
+
+
 def load_handlers(package: str) -> list[Handler]:
-    """Import every module of `package` (default `workers.handlers`) so their `@on` calls run."""
+    """Import every module of `package` (default `workers.handlers`) so their `@on` calls run.
+
+    Raises `HandlerModuleError`, naming the module, when one cannot be imported (its exception is
+    the cause): a worker without all its handlers must not start.
+    """
     root = importlib.import_module(package)
     for module in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{package}.{module.name}")
+        if module.name.startswith("_"):
+            continue
+        name = f"{package}.{module.name}"
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise HandlerModuleError(
+                f"handler module {name} could not be imported: {type(exc).__name__}: {exc}"
+            ) from exc
     handlers = registered()
     log.info("loaded %d handlers from %s", len(handlers), package, extra={"count": len(handlers)})
     return handlers

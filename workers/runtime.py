@@ -1,7 +1,8 @@
 """`process_event`: the one arq job. It runs an event's due handlers and records how each went.
 
-Per handler: success -> `done`; `PermanentError`, an invalid payload, or an exception outside
-its `retry_on` -> `dead`; anything else -> retried with backoff until `max_tries`, then `dead`.
+Per handler: success -> `done`; `PermanentError`, a body that no longer parses, or an exception
+outside its `retry_on` -> `dead`; anything else -> retried with backoff until `max_tries`, then `dead`.
+A payload that does not fit its type's model still runs the handlers, as the plain `Payload`.
 Handlers of one event run concurrently, and one that raises does not stop its siblings.
 """
 
@@ -136,6 +137,19 @@ def _event_outcome(states: dict[str, HandlerState]) -> EventOutcome:
     return EventOutcome.DEAD
 
 
+async def _note_mismatch(state: WorkerState, event: Event) -> None:
+    """A payload that does not fit its model still reaches the handlers: say so, and count it once."""
+    if not event.mismatched_fields:
+        return
+    fields = ",".join(event.mismatched_fields)
+    log.warning(
+        "payload does not fit the %s model; handlers get the plain Payload",
+        event.type,
+        extra={"event_id": event.id, "type": event.type, "fields": fields},
+    )
+    await state.journal.count_payload_mismatch(event.id, event.type)
+
+
 async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
     """The arq job: claim the event, run its due handlers, record the outcome, and ask arq to retry."""
     state: WorkerState = ctx["oa"]
@@ -157,8 +171,10 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
     event: Event | BaseException
     try:
         event = build_event(parse_envelope(claimed.body), received_ms=claimed.received_ms)
-    except (MalformedBody, ValidationError) as exc:
+    except MalformedBody as exc:
         event = exc
+    else:
+        await _note_mismatch(state, event)
     runs = [
         run_handler(
             state, handlers[name], claimed.handlers[name], event, event_id=event_id, event_type=event_type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 import uvloop
@@ -34,11 +35,18 @@ def api() -> None:
 def worker() -> None:
     """Run an arq worker with every handler module in OA_HANDLERS_PACKAGE."""
     from workers.main import serve  # noqa: PLC0415
+    from workers.registry import HandlerModuleError  # noqa: PLC0415
 
     settings = load_settings_or_exit()
     configure(level=settings.log_level, fmt=settings.log_format)
-    # uvloop, as the API uses: the worker is CPU-bound on Redis round trips (bench: -15% CPU).
-    uvloop.run(serve(settings))
+    try:
+        # uvloop, as the API uses: the worker is CPU-bound on Redis round trips (bench: -15% CPU).
+        uvloop.run(serve(settings))
+    except HandlerModuleError as exc:
+        # The traceback shows the line to fix; the last line says what failed (`run` compares it).
+        traceback.print_exception(exc.__cause__ or exc)
+        print(f"oa-webhooks worker: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def main() -> None:

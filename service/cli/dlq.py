@@ -11,9 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service import queue
-from service.dlq import DeadLetters
-from service.settings import load_settings_or_exit
+from service.cli.redis_access import operator_redis, operator_settings
+from service.dlq import DeadLetters, ReplayContended
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -26,16 +25,13 @@ TypeOption = Annotated[str | None, typer.Option("--type", help="only events of t
 
 
 def _run(action: Callable[[DeadLetters], Awaitable[T]]) -> T:
-    settings = load_settings_or_exit()
+    settings = operator_settings()
 
     async def go() -> T:
-        redis = queue.connect(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
-        try:
+        async with operator_redis(settings) as redis:
             return await action(
                 DeadLetters(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms)
             )
-        finally:
-            await redis.aclose()
 
     return asyncio.run(go())
 
@@ -87,7 +83,11 @@ def replay(
         now_ms = time.time_ns() // 1_000_000
         return [(i, await dlq.replay(i, now_ms=now_ms)) for i in ids]
 
-    done = [(i, handlers) for i, handlers in _run(go) if handlers]
+    try:
+        done = [(i, handlers) for i, handlers in _run(go) if handlers]
+    except ReplayContended as exc:
+        typer.echo(f"not replayed: {exc}", err=True)
+        raise typer.Exit(1) from None
     verb = "would replay" if dry_run else "replayed"
     for event, handlers in done:
         typer.echo(f"{verb} {event} for {', '.join(handlers)}")

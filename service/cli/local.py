@@ -20,6 +20,7 @@ import typer
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.cli.supervise import WorkerSupervisor
 from service.settings import load_settings_or_exit
 
 # The same commands as docker-compose.yml's `api` and `worker` services, from this virtualenv
@@ -128,7 +129,8 @@ def run() -> None:
     url = settings.redis_url.get_secret_value()
     redis_process = None if _redis_answers(url) else _start_redis(url)
     api = subprocess.Popen(API_COMMAND)
-    worker = subprocess.Popen(WORKER_COMMAND)
+    worker = WorkerSupervisor(WORKER_COMMAND)
+    worker.start()
     typer.echo(
         f"API on http://{settings.host}:{settings.port} - try: oa-webhooks send lead.created; "
         f"/metrics and /readyz on http://{settings.admin_host}:{settings.admin_port}"
@@ -136,17 +138,15 @@ def run() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
-            time.sleep(0.5)
+            time.sleep(0.2)
             if api.poll() is not None:
                 typer.echo(f"the API exited with status {api.returncode}", err=True)
                 break
-            if worker.poll() is not None:
-                typer.echo(f"the worker exited with status {worker.returncode}; restarting it", err=True)
-                worker = subprocess.Popen(WORKER_COMMAND)
+            worker.check()
     except KeyboardInterrupt:
         typer.echo("stopping...")
     finally:
-        _stop([api, worker])
+        _stop([api, *([worker.process] if worker.process else [])])
         if redis_process is not None:
             _stop([redis_process])
     sys.exit(0 if api.returncode in (None, 0, -signal.SIGTERM) else 1)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from redis.exceptions import RedisError
@@ -18,19 +18,18 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from service import queue
-from service.settings import Settings, load_settings_or_exit
+from service.cli.redis_access import operator_redis, operator_settings
 from service.stats import Snapshot, read_snapshot
+
+if TYPE_CHECKING:
+    from service.settings import OperatorSettings
 
 _COUNTERS = ("received", "processed", "retried", "failed", "unhandled")
 
 
-async def _snapshot(settings: Settings) -> Snapshot:
-    redis = queue.connect(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
-    try:
+async def _snapshot(settings: OperatorSettings) -> Snapshot:
+    async with operator_redis(settings) as redis:
         return await read_snapshot(redis, heartbeat_interval_s=settings.heartbeat_interval_s)
-    finally:
-        await redis.aclose()
 
 
 def _when(epoch_s: float | None, now_s: float) -> str:
@@ -55,7 +54,10 @@ def render(snapshot: Snapshot) -> Group:
     events.add_row("last 5 min", *(str(s.recent.get(n, 0)) for n in _COUNTERS))
     for event_type in types:
         events.add_row(event_type, *(str(s.per_type(n).get(event_type, 0)) for n in _COUNTERS))
-    events.caption = f"duplicates {s.total('duplicate')}, conflicts {s.total('conflict')}"
+    events.caption = (
+        f"duplicates {s.total('duplicate')}, conflicts {s.total('conflict')}, "
+        f"payloads not fitting their model {s.total('payload_mismatch')}"
+    )
     workers = Table(
         "worker",
         "last heartbeat",
@@ -96,7 +98,7 @@ def status(
     max_lag_s: Annotated[float | None, typer.Option("--max-lag-s", help="exit 1 past this lag")] = None,
 ) -> None:
     """Queue depth, lag, event counts (total, per type, last 5 min), live workers, secrets used."""
-    settings = load_settings_or_exit()
+    settings = operator_settings()
     try:
         if watch:
             with Live(auto_refresh=False) as live:
