@@ -137,7 +137,7 @@ async def _set_source(redis: Redis, key: str, filters: Filters) -> AsyncIterator
             yield seq, event_id, ""
 
 
-async def _known_types(redis: Redis) -> list[str]:
+async def known_types(redis: Redis) -> list[str]:
     """Every type received since the counters began (the `received:<type>` fields of `oa:stats`)."""
     return [f.decode()[9:] for f in await redis.hkeys(STATS_KEY) if f.startswith(b"received:")]  # type: ignore[misc]
 
@@ -153,7 +153,7 @@ async def _source(redis: Redis, filters: Filters) -> AsyncIterator[_Candidate]:
     if filters.state in unfinished and await redis.zcard(PENDING_KEY) <= _SMALL_SET:
         return _set_source(redis, PENDING_KEY, filters)
     if filters.types and "*" not in filters.types:
-        types = [t for t in await _known_types(redis) if type_matches(filters.types, t)]
+        types = [t for t in await known_types(redis) if type_matches(filters.types, t)]
         exact = [t for t in filters.types if not t.endswith("*")]
         return _stream_source(redis, [type_index_key(t) for t in sorted({*types, *exact})], filters)
     return _stream_source(redis, [TIME_INDEX_KEY], filters)
@@ -253,6 +253,7 @@ __all__ = [
     "event_state",
     "iso",
     "iter_events",
+    "known_types",
     "lead_timeline",
     "list_events",
     "show_event",

@@ -290,13 +290,13 @@ async def test_replay_restricted_to_one_handler_runs_only_that_one(
 
 
 async def test_index_entries_are_streams_written_at_ingest(redis: AsyncRedis, redis_sync: Redis) -> None:
-    """Ingest adds each event to the time stream and its type's stream with ID <received ms>-<seq>."""
+    """Ingest adds each event (with its lead and invoice) to the time stream and its type's, ID <ms>-<seq>."""
     await _accept(redis, _body("x1", "lead.paid"), at_ms=NOW_MS - 1000)
     await _accept(redis, _body("x2", "lead.paid"), at_ms=NOW_MS - 2000)  # an API with a slower clock
     entries = redis_sync.xrange(TIME_INDEX_KEY)
     assert [(raw_id.decode(), fields) for raw_id, fields in entries] == [
-        (f"{NOW_MS - 1000}-1", {b"i": b"x1"}),
-        (f"{NOW_MS - 1000}-2", {b"i": b"x2"}),
+        (f"{NOW_MS - 1000}-1", {b"i": b"x1", b"l": b"12345", b"n": b"987"}),
+        (f"{NOW_MS - 1000}-2", {b"i": b"x2", b"l": b"12345", b"n": b"987"}),
     ]
     assert redis_sync.xlen(type_index_key("lead.paid")) == 2
     assert await _ids(redis) == ["x2", "x1"]
