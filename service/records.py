@@ -339,16 +339,17 @@ def decode_entry(entry: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def _attempts(state: dict[str, Any]) -> tuple[Attempt, ...]:
-    runs = state.get("runs") or []
+    stored = state.get("runs")
+    runs: list[list[Any]] = stored if isinstance(stored, list) else []
     first = int(state.get("attempts") or 0) - len(runs) + 1
     return tuple(
         Attempt(
             number=max(1, first + i),
-            started_ms=int(r.get("at", 0)),
-            duration_ms=float(r.get("ms", 0)),
-            error=ErrorInfo.of(r.get("error")),
+            started_ms=int(run[0]),
+            duration_ms=float(run[1]),
+            error=ErrorInfo.of(run[2] if len(run) > 2 else None),  # [start, ms, error]
         )
-        for i, r in enumerate(runs if isinstance(runs, list) else [])
+        for i, run in enumerate(runs)
     )
 
 

@@ -113,15 +113,15 @@ async def run_handler(
         error = describe_error(exc, now_ms=now_ms)
         took_ms = round((time.perf_counter() - started) * 1000, 3)
         fields |= {"duration_ms": round(took_ms, 1), "error": error["type"]}
-        run = {
-            "at": started_ms,
-            "ms": took_ms,
-            "error": {
+        run = [
+            started_ms,
+            took_ms,
+            {
                 "type": error["type"],
                 "message": error["message"],
                 "traceback": error["traceback"][-_RUN_TRACEBACK_CHARS:],
             },
-        }
+        ]
         failed = replace(
             current, first_error=current.first_error or error, last_error=error, runs=current.with_run(run)
         )
@@ -140,7 +140,7 @@ async def run_handler(
     log.info(
         "handler succeeded", extra=fields | {"outcome": "succeeded", "duration_ms": round(took_s * 1000, 1)}
     )
-    run = {"at": started_ms, "ms": round(took_s * 1000, 3)}
+    run = [started_ms, round(took_s * 1000, 3)]
     return replace(
         current, state=HandlerStatus.DONE, finished_ms=_now_ms(), runs=current.with_run(run)
     ), took_s

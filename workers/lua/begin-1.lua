@@ -31,8 +31,9 @@ for i = 2, #ARGV do
     out[#out + 1] = '-'
   else
     local due = '0'
-    if h.state == 'pending' and tonumber(h.next_ms) <= now then
-      h.attempts = h.attempts + 1
+    -- A record leaves out the fields that hold their defaults (workers/journal.py HandlerState).
+    if h.state == 'pending' and (tonumber(h.next_ms) or 0) <= now then
+      h.attempts = (tonumber(h.attempts) or 0) + 1
       due = '1'
     end
     raw = cjson.encode(h)
