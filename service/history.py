@@ -91,14 +91,17 @@ async def _stream_source(redis: Redis, keys: list[str], filters: Filters) -> Asy
     ends = dict.fromkeys(keys, end)  # where each stream's next read ends; "" once it is read out
     buffered = dict.fromkeys(keys, 0)
     heap: list[tuple[int, int, str, str]] = []  # (-ms, -seq, id, key): heapq pops the newest
+    # A first page needs limit + 1 entries of each stream at most; later reads take more at once.
+    counts = dict.fromkeys(keys, min(_CHUNK, filters.limit + 1))
 
     async def refill(key: str) -> None:
-        entries = await redis.xrevrange(key, ends[key], start, count=_CHUNK)
+        entries = await redis.xrevrange(key, ends[key], start, count=counts[key])
         for raw_id, fields in entries:
             ms, seq = _stream_id(raw_id)
             heapq.heappush(heap, (-ms, -seq, fields[b"i"].decode(), key))
         buffered[key] += len(entries)
-        ends[key] = "(" + entries[-1][0].decode() if len(entries) == _CHUNK else ""
+        ends[key] = "(" + entries[-1][0].decode() if len(entries) == counts[key] else ""
+        counts[key] = _CHUNK
 
     for key in keys:
         await refill(key)
