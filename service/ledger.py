@@ -3,8 +3,9 @@
 Keys (all prefixed `oa:`):
 
 - `oa:event:<id>`: hash with `body`, `sha256`, `type`, `received_ms`, `secret` (index of the
-  matching secret), `state` (`queued` -> `processing` -> `done` | `dead`) and one `h:<handler>`
-  JSON field per handler. `done` entries expire after the retention; `dead` ones stay.
+  matching secret), `state` (`queued` -> `processing` -> `done` | `dead`, `retrying` between tries;
+  a `done` event that no handler matched also has `unhandled`) and one `h:<handler>` JSON field
+  per handler. `done` entries expire after the retention; `dead` ones stay.
 - `oa:pending`: sorted set of ids not yet `done` or `dead` (score: receive time, ms).
 - `oa:dead`: sorted set of dead-lettered ids (score: when they died, ms).
 - `oa:stats` and `oa:stats:m:<minute>`: counters for `status` and `/metrics`.
