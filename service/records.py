@@ -307,7 +307,7 @@ def _replays_of(entry: dict[str, str]) -> tuple[Replay, ...]:
     return tuple(
         Replay(
             int(r.get("at", 0)),
-            tuple(r.get("handlers") or ()) if not r.get("default") or r.get("handlers") else (),
+            tuple(r.get("handlers") or ()),  # Lua's cjson writes an empty list as {}
             restricted=not r.get("default"),
         )
         for r in raw
@@ -341,15 +341,15 @@ def decode_entry(entry: dict[bytes, bytes]) -> dict[str, str]:
 def _attempts(state: dict[str, Any]) -> tuple[Attempt, ...]:
     stored = state.get("runs")
     runs: list[list[Any]] = stored if isinstance(stored, list) else []
-    first = int(state.get("attempts") or 0) - len(runs) + 1
+    # Each run is [start ms, duration ms, attempt number] and, when it failed, the error.
     return tuple(
         Attempt(
-            number=max(1, first + i),
+            number=int(run[2]),
             started_ms=int(run[0]),
             duration_ms=float(run[1]),
-            error=ErrorInfo.of(run[2] if len(run) > 2 else None),  # [start, ms, error]
+            error=ErrorInfo.of(run[3] if len(run) > 3 else None),  # the error is the fourth item
         )
-        for i, run in enumerate(runs)
+        for run in runs
     )
 
 

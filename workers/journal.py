@@ -63,8 +63,9 @@ class HandlerState:
     first_error: dict[str, Any] | None = None
     last_error: dict[str, Any] | None = None
     finished_ms: int | None = None
-    # The last RUNS_KEPT attempts, oldest first: [start ms, duration ms] and, when it failed,
-    # {"type", "message", "traceback"} as a third item; `attempts` still counts them all.
+    # The last RUNS_KEPT attempts, oldest first, across replays: [start ms, duration ms, attempt
+    # number] and, when it failed, {"type", "message", "traceback"}; `attempts` counts every attempt
+    # since the last replay.
     runs: list[list[Any]] = field(default_factory=list)
     replays: int = 0
 

@@ -116,6 +116,7 @@ async def run_handler(
         run = [
             started_ms,
             took_ms,
+            attempt,
             {
                 "type": error["type"],
                 "message": error["message"],
@@ -140,7 +141,7 @@ async def run_handler(
     log.info(
         "handler succeeded", extra=fields | {"outcome": "succeeded", "duration_ms": round(took_s * 1000, 1)}
     )
-    run = [started_ms, round(took_s * 1000, 3)]
+    run = [started_ms, round(took_s * 1000, 3), attempt]
     return replace(
         current, state=HandlerStatus.DONE, finished_ms=_now_ms(), runs=current.with_run(run)
     ), took_s

@@ -83,7 +83,7 @@ def record(console: Console, rec: EventRecord) -> None:
     console.print(rec.body_text, markup=False, highlight=False)
     for h in rec.handlers:
         console.print(f"handler [bold]{h.name}[/bold]: {h.state}, {h.attempts} attempt(s)")
-        if h.attempts > len(h.runs) and h.runs:
+        if h.runs and h.runs[0].number > 1:
             console.print(f"  (the last {len(h.runs)} attempts are kept)")
         for a in h.runs:
             outcome = "ok" if a.error is None else f"{a.error.type}: {a.error.message}"
@@ -113,7 +113,7 @@ def _which(results: list[ReplayResult], status: ReplayStatus) -> str:
 def _skipped(results: list[ReplayResult], unfinished: int) -> str:
     not_final = unfinished + sum(r.status is ReplayStatus.NOT_FINAL for r in results)
     missing = sum(r.status is ReplayStatus.MISSING for r in results)
-    parts = [f"{not_final} not finished (queued, running or retrying)"] if not_final else []
+    parts = [f"{not_final} not finished (queued, running or retrying) or purged"] if not_final else []
     parts += [f"{missing} not in the ledger"] if missing else []
     return f"; skipped {', '.join(parts)}" if parts else ""
 
