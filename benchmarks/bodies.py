@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 SECRET = "whsec_bench_5f0c7e2a9b6d41c8a3e2"  # noqa: S105 - signs the bench's own test events
 TARGET_BYTES = 400
 _TYPES = sorted(SAMPLES)
+LEAD_BASE = 100_000
+INVOICE_BASE = 500_000
 # What a real lead or invoice carries besides the documented sample fields (fictitious data).
 _LEAD_EXTRA = {
     "name": "J. de Vries",
@@ -40,14 +42,27 @@ class Signed:
         return {"content-type": "application/json", SIGNATURE_HEADER: self.signature}
 
 
-def body(event_id: str, event_type: str) -> bytes:
-    """A sample event of `event_type`, its comment padded so that the body is `TARGET_BYTES` long."""
+def body(event_id: str, event_type: str, *, index: int = 0) -> bytes:
+    """A sample event of `event_type`, its comment padded so that the body is `TARGET_BYTES` long.
+
+    The `index`-th event names lead `LEAD_BASE + index // 6` (each lead has one event of each of
+    the six types, as one lead's story does) and invoice `INVOICE_BASE + index // 60` (one invoice
+    per ten leads), so the ledger's lead and invoice indexes are as small as real ones.
+    """
     extra = _LEAD_EXTRA if event_type.startswith("lead.") else _INVOICE_EXTRA
     payload: dict[str, Any] = {**SAMPLES[event_type], **extra}
+    payload["lead_id"] = lead_of(index)
+    if "invoice_id" in payload:
+        payload["invoice_id"] = INVOICE_BASE + index // 60
     envelope = {"id": event_id, "type": event_type, "payload": payload}
     short = len(json.dumps(envelope).encode())
     payload["comment"] = "x" * max(0, TARGET_BYTES - short)
     return json.dumps(envelope).encode()
+
+
+def lead_of(index: int) -> int:
+    """The lead id the `index`-th body names."""
+    return LEAD_BASE + index // len(_TYPES)
 
 
 def signed(prefix: str, count: int, *, secret: str = SECRET) -> Iterator[Signed]:
@@ -55,5 +70,5 @@ def signed(prefix: str, count: int, *, secret: str = SECRET) -> Iterator[Signed]
     key = secret.encode()
     for index in range(count):
         event_id = f"{prefix}_{index:07d}"
-        raw = body(event_id, _TYPES[index % len(_TYPES)])
+        raw = body(event_id, _TYPES[index % len(_TYPES)], index=index)
         yield Signed(event_id, raw, sign(raw, key))

@@ -19,6 +19,8 @@ class Plan:
     latency_rate: float  # F: offered events per second...
     latency_s: float  # ...for this long
     drain_timeout_s: float  # the longest a drain may take
+    history_events: int  # H: events put in and retained for the history queries
+    history_queries: int  # H: how many of each query are timed
     budget_s: float  # no new round starts unless it can end (with F) within this
 
 
@@ -37,6 +39,9 @@ FULL = Plan(
     latency_rate=200,
     latency_s=30,
     drain_timeout_s=120,
+    # The issue asks for at least 200,000 retained events; about 25 s of ingest.
+    history_events=200_000,
+    history_queries=300,
     budget_s=290,
 )
 SMOKE = Plan(
@@ -50,5 +55,7 @@ SMOKE = Plan(
     latency_rate=50,
     latency_s=3,
     drain_timeout_s=30,
+    history_events=2_000,
+    history_queries=30,
     budget_s=90,
 )

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from benchmarks.history import HistoryRun
     from benchmarks.measures import LoadResult
     from benchmarks.phases import LatencyRun, OursRound, WorkerRun
 
@@ -28,6 +29,7 @@ class Results:
     ours: list[OursRound] = field(default_factory=list)
     bare: list[WorkerRun] = field(default_factory=list)
     latency: LatencyRun | None = None
+    history: HistoryRun | None = None
     api_rss_mb: float = math.nan
     wall_s: float = math.nan
     notes: list[str] = field(default_factory=list)
@@ -65,6 +67,9 @@ def summarize(r: Results) -> dict[str, Any]:
         "api_rss_mb": r.api_rss_mb,
         "worker_rss_mb": max([x for x in workers_rss if not math.isnan(x)], default=math.nan),
         "redis_bytes_per_event": median(x.retained_bytes_per_event for x in r.ours),
+        "history_events": r.history.events if r.history else 0,
+        "history_list_p99_ms": percentile(r.history.list_ms, 99) if r.history else math.nan,
+        "history_lead_p99_ms": percentile(r.history.lead_ms, 99) if r.history else math.nan,
     }
     out["ratio_C_A"] = _ratio(out["ingest_rps"], out["ingest_limit_rps"])
     out["ratio_C_B"] = _ratio(out["ingest_rps"], out["ingest_naive_rps"])
@@ -90,6 +95,12 @@ def summarize(r: Results) -> dict[str, Any]:
         "latency_from_send_p50_ms": percentile(f_send, 50),
         "latency_from_send_p99_ms": percentile(f_send, 99),
         "redis_bytes_per_queued_event": median(x.queued_bytes_per_event for x in r.ours),
+        "history": {
+            "ingest_rps": _rps(r.history.load) if r.history else math.nan,
+            "list_p50_ms": percentile(r.history.list_ms, 50) if r.history else math.nan,
+            "lead_p50_ms": percentile(r.history.lead_ms, 50) if r.history else math.nan,
+            "queries_each": len(r.history.list_ms) if r.history else 0,
+        },
         "worker_rss_mb_each": workers_rss,
         "notes": r.notes,
     }
@@ -113,6 +124,10 @@ TARGETS = [
     Target("zero lost, zero run twice", lambda s: s["lost"] == 0 and s["duplicated"] == 0),
     Target("API RSS <= 150 MB", lambda s: s["api_rss_mb"] <= 150),
     Target("worker RSS <= 150 MB", lambda s: s["worker_rss_mb"] <= 150),
+    Target("history: >= 200,000 events retained", lambda s: s["history_events"] >= 200_000),
+    Target("history list p99 <= 50 ms", lambda s: s["history_list_p99_ms"] <= 50),
+    Target("history --lead p99 <= 50 ms", lambda s: s["history_lead_p99_ms"] <= 50),
+    Target("Redis per event <= 1,200 B", lambda s: s["redis_bytes_per_event"] <= 1200),
 ]
 
 
@@ -147,21 +162,27 @@ def table(s: dict[str, Any]) -> str:
         ("   API RSS after the run", f"{_n(s['api_rss_mb'], 1)} MB", ""),
         ("   worker RSS after the run (max)", f"{_n(s['worker_rss_mb'], 1)} MB", ""),
         ("   Redis per retained event", f"{_n(s['redis_bytes_per_event'])} B", ""),
+        ("H  history: events retained", f"{s['history_events']:,}", ""),
+        ("H  ingest with them retained", f"{_n(d['history']['ingest_rps'])} req/s", ""),
+        ("H  list --type --since, p50", f"{_n(d['history']['list_p50_ms'], 1)} ms", ""),
+        ("H  list --type --since, p99", f"{_n(s['history_list_p99_ms'], 1)} ms", ""),
+        ("H  list --lead, p50", f"{_n(d['history']['lead_p50_ms'], 1)} ms", ""),
+        ("H  list --lead, p99", f"{_n(s['history_lead_p99_ms'], 1)} ms", ""),
     ]
     if zero["F"]:
         f = zero["F"]
         rows.insert(11, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
-        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, E), F once; one uvicorn process",
-        "per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always;",
+        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, E), F and H once; one uvicorn",
+        "process per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always;",
         "D drains each C run's events, E as many jobs as the plan's bare_events (benchmarks/plan.py)",
         "",
         f"{'measure':<{width}}{'median':>16}   repetitions",
         "-" * (width + 50),
     ]
     lines += [f"{label:<{width}}{value:>16}   {rep}".rstrip() for label, value, rep in rows]
-    lines += ["", "targets (issue 6):"]
+    lines += ["", "targets (issues 6 and 13):"]
     lines += [f"  {'PASS' if t.passes(s) else 'FAIL'}  {t.label}" for t in TARGETS]
     lines += [f"note: {note}" for note in d["notes"]]
     lines.append(f"load generator: {d['load_generator']}; wall time {d['wall_time_s']:.0f} s ({d['mode']})")

@@ -1,7 +1,8 @@
 """`make bench` (issue 6): ingest and worker throughput, latency, zero loss and memory, in one run.
 
 Starts its own durable redis-server, the three servers (A raw ASGI, B naive, C ours) and, per
-phase, one worker. Rounds of A, B, C, D, E (interleaved, `reps` times), then F. Prints a table
+phase, one worker. Rounds of A, B, C, D, E (interleaved, `reps` times), then F, then H (the event
+history over `history_events` retained events, benchmarks/history.py). Prints a table
 with PASS/FAIL per target and writes bench-results.json. Exits 0 whatever the speed, 1 if an
 event was lost or run twice.
 
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import phases, report
+from benchmarks import history, phases, report
 from benchmarks.bodies import signed
 from benchmarks.loader import Loader
 from benchmarks.plan import FULL, SMOKE, Plan
@@ -98,10 +99,12 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
     busy = _busy_share()
     if busy > _BUSY_SHARE:
         results.notes.append(f"something else used {busy:.0%} of the CPUs as the run began: noisy numbers")
-    _say(f"bench: preparing {plan.load_bodies + plan.reps * plan.events:,} signed bodies in {work}")
+    bodies = plan.load_bodies + plan.reps * plan.events + plan.history_events
+    _say(f"bench: preparing {bodies:,} signed bodies in {work}")
     loader.prepare("load", signed("load", plan.load_bodies))
     for rep in range(plan.reps):
         loader.prepare(f"c{rep}", signed(f"c{rep}", plan.events))
+    loader.prepare(history.SET_NAME, signed(history.SET_NAME, plan.history_events))
     redis = start_redis(work / "redis")
     servers: dict[str, tuple[Proc, int]] = {}
     try:
@@ -114,6 +117,8 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
             _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")
             results.latency = phases.latency(bench)
             results.api_rss_mb = servers["ours"][0].rss_mb()
+            _say(f"  H: {plan.history_events:,} events in, then {plan.history_queries} of each query")
+            results.history = history.history(bench)
     finally:
         for proc, _port in servers.values():
             proc.stop()

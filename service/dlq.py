@@ -1,5 +1,8 @@
 """Dead letters: events whose handlers used up their tries (or raised `PermanentError`).
 
+A view over the event history (service/history.py): `dlq list` is `events list --state dead`
+one row per dead handler, and `dlq replay` is the replay of `events replay` (service/replay.py).
+
 A dead event keeps its ledger entry (body, and per handler: attempts, first and last error)
 until a person replays or purges it. Replay re-queues the event for its dead handlers only,
 past dedup. Purge drops the body and errors but keeps a tombstone (id and body hash) for the
@@ -14,10 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import WatchError
-
-from service import queue
-from service.ledger import DEAD_KEY, PENDING_KEY, event_key
+from service.ledger import DEAD_KEY, event_key
+from service.replay import Replayer, ReplayStatus
 from service.scripts import load_script
 
 if TYPE_CHECKING:
@@ -25,13 +26,6 @@ if TYPE_CHECKING:
 
 _KEEP_ON_PURGE = ("sha256", "type", "received_ms", "secret")
 _PURGE_DEAD = load_script("service", "purge-dead-2")
-# A replay reads the entry under WATCH and writes it in MULTI; a worker or another replay that
-# changes it in between makes it start over, this many times at most.
-REPLAY_TRIES = 10
-
-
-class ReplayContended(Exception):
-    """The event kept changing while `dlq replay` tried to re-queue it; nothing was replayed."""
 
 
 def _iso(ms: int | None) -> str | None:
@@ -99,13 +93,10 @@ def dead_letters_of(event_id: str, entry: dict[str, str]) -> list[DeadLetter]:
 class DeadLetters:
     """List, show, replay and purge dead letters."""
 
-    def __init__(
-        self, redis: Redis, *, retention_s: int, queue_expiry_ms: int, replay_tries: int = REPLAY_TRIES
-    ) -> None:
+    def __init__(self, redis: Redis, *, retention_s: int, queue_expiry_ms: int) -> None:
         self.redis = redis
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
-        self.replay_tries = replay_tries
         self._purge = redis.register_script(_PURGE_DEAD)
 
     async def ids(self, *, older_than_s: float | None = None) -> list[str]:
@@ -139,47 +130,13 @@ class DeadLetters:
         return {"id": event_id, **plain, "body": body, "handlers": handlers}
 
     async def replay(self, event_id: str, *, now_ms: int) -> list[str]:
-        """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead."""
-        key = event_key(event_id)
-        async with self.redis.pipeline(transaction=True) as tx:
-            for _ in range(self.replay_tries):
-                try:
-                    await tx.watch(key)
-                    entry = _decode(await tx.hgetall(key))  # type: ignore[misc]  # redis-py types it sync|async
-                    if entry.get("state") != "dead":
-                        await tx.unwatch()  # type: ignore[no-untyped-call]
-                        return []
-                    revived = {}
-                    for letter in dead_letters_of(event_id, entry):
-                        state = json.loads(entry[f"h:{letter.handler}"])
-                        state.update(
-                            state="pending",
-                            attempts=0,
-                            next_ms=0,
-                            finished_ms=None,
-                            replays=int(state.get("replays", 0)) + 1,
-                        )
-                        revived[f"h:{letter.handler}"] = json.dumps(state, separators=(",", ":"))
-                    tx.multi()  # type: ignore[no-untyped-call]
-                    tx.hset(key, mapping={**revived, "state": "queued"})
-                    tx.hdel(key, "dead_ms")
-                    tx.zrem(DEAD_KEY, event_id)
-                    tx.zadd(PENDING_KEY, {event_id: now_ms})
-                    # arq's own try counter would otherwise carry on from the dead run.
-                    tx.delete(queue.retry_key(event_id))
-                    tx.set(
-                        queue.job_key(event_id),
-                        queue.encode_job(event_id, entry.get("type", ""), enqueue_ms=now_ms),
-                        px=self.queue_expiry_ms,
-                    )
-                    tx.zadd(queue.QUEUE_NAME, {event_id: now_ms})
-                    await tx.execute()
-                    return [name[2:] for name in revived]
-                except WatchError:
-                    continue
-        raise ReplayContended(
-            f"{event_id} changed under each of {self.replay_tries} tries to replay it; try again"
-        )
+        """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead.
+
+        The same replay as `events replay` (service/replay.py): one script, recorded on the event.
+        """
+        replayer = Replayer(self.redis, queue_expiry_ms=self.queue_expiry_ms)
+        result = await replayer.replay(event_id, dead_only=True, now_ms=now_ms)
+        return list(result.handlers) if result.status is ReplayStatus.REPLAYED else []
 
     async def purge(self, event_id: str) -> bool:
         """Drop a dead event's body and errors, keeping a dedup tombstone for the retention period.

@@ -44,8 +44,11 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
         "api_rss_mb",
         "worker_rss_mb",
         "redis_bytes_per_event",
+        "history_list_p99_ms",
+        "history_lead_p99_ms",
     ):
         assert results[key] is not None, key
+    assert results["history_events"] == 2_000
     assert results["lost"] == 0
     assert results["duplicated"] == 0
     zero_loss = results["details"]["zero_loss"]

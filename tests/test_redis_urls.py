@@ -105,7 +105,7 @@ ACL_RULES = "~oa:* ~arq:* +@all -@dangerous -@admin +info"
 
 @pytest.mark.e2e
 def test_the_documented_acl_user_is_enough(tmp_path: Path) -> None:
-    """As the README's least-privilege ACL user: api, worker, `status` and `dlq list` all work."""
+    """As the README's least-privilege ACL user: api, worker, `status`, `dlq list`, `events list` work."""
     assert f"ACL SETUSER oa-webhooks on >PASSWORD {ACL_RULES}" in (ROOT / "README.md").read_text("utf-8")
     server = RedisServer(tmp_path / "redis", password="admin-password")
     server.start()
@@ -127,7 +127,7 @@ def test_the_documented_acl_user_is_enough(tmp_path: Path) -> None:
         wait_for(
             lambda: admin.zcard(PENDING_KEY) == 0, timeout_s=20, what="the worker to finish as the ACL user"
         )
-        for command in (["status", "--json"], ["dlq", "list"]):
+        for command in (["status", "--json"], ["dlq", "list"], ["events", "list", "--json"]):
             result = subprocess.run(
                 [str(BIN / "oa-webhooks"), *command], env=stack.api.env, capture_output=True, check=False
             )

@@ -99,12 +99,14 @@ def test_admin_port_must_differ_from_the_public_port(monkeypatch: pytest.MonkeyP
         (["dlq", "show", "evt_nope"], 1),  # 1: no such event, which it could only learn from Redis
         (["dlq", "replay", "--all"], 0),
         (["dlq", "purge", "--all"], 0),
+        (["events", "list", "--json"], 0),
+        (["events", "show", "evt_nope"], 1),  # 1: unknown id
     ],
 )
 def test_operator_commands_run_with_only_redis_url(
     argv: list[str], status: int, tmp_path: Path, redis_url: str
 ) -> None:
-    """`status` and `dlq` read Redis with only REDIS_URL set (no OA_WEBHOOK_SECRET), as on a laptop."""
+    """`status`, `dlq` and `events` read Redis with only REDIS_URL set (no OA_WEBHOOK_SECRET), as on a laptop."""
     result = subprocess.run(
         [str(BIN / "oa-webhooks"), *argv],
         env=_env_without_settings() | {"REDIS_URL": redis_url},

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from service import queue
-from service.settings import OperatorSettings, load_operator_settings_or_exit
+from service.settings import OperatorSettings, Settings, load_operator_settings_or_exit
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -20,7 +20,7 @@ def operator_settings() -> OperatorSettings:
 
 
 @asynccontextmanager
-async def operator_redis(settings: OperatorSettings) -> AsyncIterator[Redis]:
+async def operator_redis(settings: Settings) -> AsyncIterator[Redis]:
     """A Redis client for one command, closed when it is done."""
     redis = queue.connect(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
     try:
