@@ -106,7 +106,7 @@ def test_admin_port_must_differ_from_the_public_port(monkeypatch: pytest.MonkeyP
 def test_operator_commands_run_with_only_redis_url(
     argv: list[str], status: int, tmp_path: Path, redis_url: str
 ) -> None:
-    """`status`, `dlq` and `events` read Redis with only REDIS_URL set (no OA_WEBHOOK_SECRET), as on a laptop."""
+    """`status`, `dlq` and `events` read Redis with only REDIS_URL set (no OA_WEBHOOK_SECRET)."""
     result = subprocess.run(
         [str(BIN / "oa-webhooks"), *argv],
         env=_env_without_settings() | {"REDIS_URL": redis_url},
