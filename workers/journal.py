@@ -45,6 +45,7 @@ class EventOutcome(StrEnum):
     DONE = "done"
     UNHANDLED = "unhandled"
     RETRY = "retry"
+    WAITING = "waiting"  # only ordered handlers are pending, and they wait for an earlier event
     DEAD = "dead"
 
 
@@ -92,7 +93,7 @@ class Journal:
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
         self._begin = redis.register_script(load_script("workers", "begin-1"))
-        self._finish = redis.register_script(load_script("workers", "finish-8"))
+        self._finish = redis.register_script(load_script("workers", "finish-9"))
 
     async def begin(self, event_id: str, handler_names: list[str], *, now_ms: int) -> Claimed | str | None:
         """Mark the event `processing` and count an attempt for each due handler, atomically.
@@ -121,10 +122,16 @@ class Journal:
         now_ms: int,
         durations_s: dict[str, float] | None = None,
         latency_s: float | None = None,
+        retry_ms: int | None = None,
+        ordered: bool = False,
+        wake: list[str] | None = None,
     ) -> None:
         """Record the handlers that ran and the event's new state, with its counters, in one script.
 
         `durations_s` (per handler that ran) and `latency_s` (receipt to success) feed the histograms.
+        `retry_ms` is when a `retry` or `waiting` event's job is due again. For an event with ordered
+        handlers (`ordered`), `wake` names those that finished in this run: the script wakes the
+        event that waits for each (workers/order.py).
         """
         latency: list[str] = []
         if latency_s is not None:
@@ -136,7 +143,7 @@ class Journal:
             series = f"{event_type}{SEPARATOR}{name}{SEPARATOR}"
             bucket = bucket_index(seconds, HANDLER_BUCKETS_S)
             durations.append([f"{series}{bucket}", f"{series}sum", repr(seconds)])
-        arg = {
+        arg: dict[str, Any] = {
             "id": event_id,
             "type": event_type,
             "outcome": outcome.value,
@@ -148,6 +155,15 @@ class Journal:
             "durations": durations,
             "latency": latency,
         }
+        if retry_ms is not None:
+            arg["retry_ms"] = str(retry_ms)
+        if ordered:
+            arg |= {
+                "ordered": True,
+                "wake": wake or [],
+                "event": event_key(""),
+                "in_progress": queue.in_progress_key(""),
+            }
         keys = [
             event_key(event_id),
             queue.job_key(event_id),
@@ -157,5 +173,6 @@ class Journal:
             minute_stats_key(now_ms),
             HANDLER_HISTOGRAM_KEY,
             LATENCY_HISTOGRAM_KEY,
+            queue.QUEUE_NAME,
         ]
         await self._finish(keys=keys, args=[orjson.dumps(arg)])
