@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from service import queue
+from service.held import HELD_KEY
 from service.ledger import DEAD_KEY, STATS_KEY, minute_stats_key
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ class Snapshot:
     last_received_s: float | None
     handler_histogram: dict[str, float] = field(default_factory=dict)
     latency_histogram: dict[str, float] = field(default_factory=dict)
+    held: int = 0
+    oldest_held_age_s: float = 0.0
 
     def total(self, name: str) -> int:
         """A `<name>_total` counter, 0 if never incremented."""
@@ -72,6 +75,8 @@ class Snapshot:
             "scheduled": self.scheduled,
             "in_progress": self.in_progress,
             "dead": self.dead,
+            "held": self.held,
+            "oldest_held_age_s": round(self.oldest_held_age_s, 3),
             "oldest_queued_age_s": round(self.oldest_ready_age_s, 3),
             **{f"{n}_total": self.total(n) for n in (*names, "duplicate", "conflict")},
             "per_type": {n: self.per_type(n) for n in names},
@@ -103,6 +108,8 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         pipe.zrangebyscore(queue.QUEUE_NAME, "-inf", now_ms, start=0, num=_LAG_PROBE, withscores=True)
         pipe.hgetall(HANDLER_HISTOGRAM_KEY)
         pipe.hgetall(LATENCY_HISTOGRAM_KEY)
+        pipe.zcard(HELD_KEY)
+        pipe.zrange(HELD_KEY, 0, 0, withscores=True)
         for key in minutes:
             pipe.hgetall(key)
         (
@@ -114,6 +121,8 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
             oldest,
             handler_hist,
             latency_hist,
+            held,
+            oldest_held,
             *recent_raw,
         ) = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
@@ -148,4 +157,6 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         last_received_s=int(last) / 1000 if last else None,
         handler_histogram=_floats(handler_hist),
         latency_histogram=_floats(latency_hist),
+        held=held,
+        oldest_held_age_s=max(0.0, (now_ms - oldest_held[0][1]) / 1000) if oldest_held else 0.0,
     )
