@@ -40,14 +40,33 @@ class Signed:
         return {"content-type": "application/json", SIGNATURE_HEADER: self.signature}
 
 
-def body(event_id: str, event_type: str) -> bytes:
-    """A sample event of `event_type`, its comment padded so that the body is `TARGET_BYTES` long."""
+def body(event_id: str, event_type: str, *, lead_id: int | None = None) -> bytes:
+    """A sample event of `event_type`, its comment padded so that the body is `TARGET_BYTES` long.
+
+    The samples all name lead 12345; `lead_id` names another.
+    """
     extra = _LEAD_EXTRA if event_type.startswith("lead.") else _INVOICE_EXTRA
     payload: dict[str, Any] = {**SAMPLES[event_type], **extra}
+    if lead_id is not None:
+        payload["lead_id"] = lead_id
     envelope = {"id": event_id, "type": event_type, "payload": payload}
     short = len(json.dumps(envelope).encode())
     payload["comment"] = "x" * max(0, TARGET_BYTES - short)
     return json.dumps(envelope).encode()
+
+
+LEAD_STAGES = ("lead.created", "lead.sold", "lead.invoiced", "lead.paid")
+
+
+def lead_stories(prefix: str, leads: int, *, secret: str = SECRET) -> Iterator[Signed]:
+    """Each of `leads` leads goes through the four lead events, the leads in turn: first every
+    lead's `lead.created`, then every `lead.sold`, and so on, as a live stream interleaves them."""
+    key = secret.encode()
+    for stage, event_type in enumerate(LEAD_STAGES):
+        for lead in range(leads):
+            event_id = f"{prefix}_{lead:06d}_{stage}"
+            raw = body(event_id, event_type, lead_id=1_000_000 + lead)
+            yield Signed(event_id, raw, sign(raw, key))
 
 
 def signed(prefix: str, count: int, *, secret: str = SECRET) -> Iterator[Signed]:
