@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 from arq import Retry
 from arq.constants import in_progress_key_prefix
@@ -160,9 +161,9 @@ async def test_a_retrying_earlier_event_keeps_the_order(
 
 
 async def test_a_dead_earlier_event_holds_and_a_replay_releases(
-    worker_ctx: dict[str, Any], redis_sync: Redis
+    worker_ctx: dict[str, Any], redis_sync: Redis, client: httpx.AsyncClient
 ) -> None:
-    """A dead lead.created holds sold (visible in oa:held with why); after a replay both run in order."""
+    """A dead lead.created holds sold (oa:held with why, /metrics); after a replay both run in order."""
     seen: Seen = []
     fixed: list[bool] = []
 
@@ -184,6 +185,9 @@ async def test_a_dead_earlier_event_holds_and_a_replay_releases(
     assert held is not None
     assert (held.handler, held.behind) == (name, "c1")
     assert await held_event(worker_ctx["redis"], "c1") is None
+    metrics = (await client.get("/metrics")).text
+    assert "oa_webhooks_held_events 1.0" in metrics
+    assert "oa_webhooks_held_alert_seconds 3600.0" in metrics
     # i1 waits behind s1, which is held: after its next look, it is held too.
     redis_sync.zadd(queue.QUEUE_NAME, {"i1": _now_ms() - 1})
     await driver.drain()
