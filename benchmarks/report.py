@@ -151,7 +151,7 @@ def table(s: dict[str, Any]) -> str:
         ("F  202 -> handler start, p50", f"{_n(s['latency_p50_ms'], 1)} ms", ""),
         ("F  202 -> handler start, p99", f"{_n(s['latency_p99_ms'], 1)} ms", ""),
         ("G  C: 202s / handler runs", f"{c_ack:,} / {c_runs:,}", ""),
-        ("G  lost / run twice (C and F)", f"{s['lost']} / {s['duplicated']}", ""),
+        ("G  lost / run twice (C, O and F)", f"{s['lost']} / {s['duplicated']}", ""),
         ("   API RSS after the run", f"{_n(s['api_rss_mb'], 1)} MB", ""),
         ("   worker RSS after the run (max)", f"{_n(s['worker_rss_mb'], 1)} MB", ""),
         ("   Redis per retained event", f"{_n(s['redis_bytes_per_event'])} B", ""),
