@@ -201,6 +201,31 @@ async def test_a_dead_earlier_event_holds_and_a_replay_releases(
     assert redis_sync.hget(event_key("s1"), "held_by") is None
 
 
+async def test_purging_the_dead_event_lets_the_held_one_go(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Purge of the dead lead.created: at its next look, the held lead.sold runs and is no longer held."""
+    seen: Seen = []
+
+    def fail(event: Event, ctx: Context) -> bool:
+        if event.type == "lead.created":
+            raise PermanentError("CRM refuses")
+        return False
+
+    _register("mirror", "lead.*", seen=seen, ordered=True, fail=fail)
+    await _accept(worker_ctx, "c1", "lead.created", lead_id=1)
+    await _accept(worker_ctx, "s1", "lead.sold", lead_id=1)
+    driver = Driver(worker_ctx, redis_sync)
+    await driver.drain()
+    assert redis_sync.zrange(HELD_KEY, 0, -1) == [b"s1"]
+    dlq = DeadLetters(worker_ctx["redis"], retention_s=3600, queue_expiry_ms=600_000)
+    assert await dlq.purge("c1")
+    redis_sync.zadd(queue.QUEUE_NAME, {"s1": _now_ms() - 1})  # its next look, without the minute's wait
+    await driver.drain()
+    assert seen == [(1, "lead.sold")]
+    assert redis_sync.zcard(HELD_KEY) == 0
+
+
 async def test_on_dead_skip_lets_later_events_go(worker_ctx: dict[str, Any], redis_sync: Redis) -> None:
     """With on_dead="skip", a dead lead.created does not hold lead.sold."""
     seen: Seen = []
