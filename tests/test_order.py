@@ -307,6 +307,16 @@ async def test_other_keys_order_by_invoice_and_expired_indexes(
     assert redis_sync.exists(lead_index_key("1"))
 
 
+async def test_a_record_without_its_default_fields_counts_as_due(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """A pending handler record that leaves out next_ms and attempts (their defaults) is due, not an error."""
+    name = _register("mirror", "lead.*", seen=[], ordered=True)
+    await _accept(worker_ctx, "c1", "lead.created", lead_id=1)
+    redis_sync.hset(event_key("c1"), f"h:{name}", '{"state":"pending"}')
+    assert [job.id for job in await Driver(worker_ctx, redis_sync).claim()] == ["c1"]
+
+
 async def test_an_event_without_its_key_runs_unordered_logged_once(
     worker_ctx: dict[str, Any], redis_sync: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -95,8 +95,10 @@ local function decide(id)
   local states = redis.call('HMGET', key, unpack(fields))
   local run, waiting, next_ms, held = false, {}, nil, nil
   for j, h in ipairs(mine) do
-    local s = {state = 'pending', next_ms = 0}
+    local s = {state = 'pending'}
     if states[j] then s = cjson.decode(states[j]) end
+    -- A missing next_ms is 0: a record may leave out fields that hold their defaults.
+    local due_ms = tonumber(s.next_ms) or 0
     if s.state == 'pending' then
       local by, holds = nil, false
       if h.k and ids[h.k] then by, holds = blocker(h, ids[h.k], seq) end
@@ -105,10 +107,10 @@ local function decide(id)
         -- The earlier event's finish wakes this one (workers/lua/finish-9.lua).
         redis.call('HSET', order.event .. by, 'w:' .. h.n, id)
         if holds and not held then held = h.n .. ' ' .. by end
-      elseif tonumber(s.next_ms) <= now then
+      elseif due_ms <= now then
         run = true
-      elseif not next_ms or tonumber(s.next_ms) < next_ms then
-        next_ms = tonumber(s.next_ms)
+      elseif not next_ms or due_ms < next_ms then
+        next_ms = due_ms
       end
     end
   end
