@@ -42,7 +42,7 @@ class Signed:
         return {"content-type": "application/json", SIGNATURE_HEADER: self.signature}
 
 
-def body(event_id: str, event_type: str, *, index: int = 0) -> bytes:
+def body(event_id: str, event_type: str, *, index: int = 0, lead_id: int | None = None) -> bytes:
     """A sample event of `event_type`, its comment padded so that the body is `TARGET_BYTES` long.
 
     The `index`-th event names lead `LEAD_BASE + index // 6` (each lead has one event of each of
@@ -51,7 +51,7 @@ def body(event_id: str, event_type: str, *, index: int = 0) -> bytes:
     """
     extra = _LEAD_EXTRA if event_type.startswith("lead.") else _INVOICE_EXTRA
     payload: dict[str, Any] = {**SAMPLES[event_type], **extra}
-    payload["lead_id"] = lead_of(index)
+    payload["lead_id"] = lead_of(index) if lead_id is None else lead_id
     if "invoice_id" in payload:
         payload["invoice_id"] = INVOICE_BASE + index // 60
     envelope = {"id": event_id, "type": event_type, "payload": payload}
@@ -63,6 +63,20 @@ def body(event_id: str, event_type: str, *, index: int = 0) -> bytes:
 def lead_of(index: int) -> int:
     """The lead id the `index`-th body names."""
     return LEAD_BASE + index // len(_TYPES)
+
+
+LEAD_STAGES = ("lead.created", "lead.sold", "lead.invoiced", "lead.paid")
+
+
+def lead_stories(prefix: str, leads: int, *, secret: str = SECRET) -> Iterator[Signed]:
+    """Each of `leads` leads goes through the four lead events, the leads in turn: first every
+    lead's `lead.created`, then every `lead.sold`, and so on, as a live stream interleaves them."""
+    key = secret.encode()
+    for stage, event_type in enumerate(LEAD_STAGES):
+        for lead in range(leads):
+            event_id = f"{prefix}_{lead:06d}_{stage}"
+            raw = body(event_id, event_type, lead_id=1_000_000 + lead)
+            yield Signed(event_id, raw, sign(raw, key))
 
 
 def signed(prefix: str, count: int, *, secret: str = SECRET) -> Iterator[Signed]:

@@ -1,5 +1,6 @@
 """The phases of a run: A/B/C ingest, C's events drained by our worker (D, and G for C), bare arq
-(E), and the steady-rate latency run (F, with G for F). Each phase that writes starts on an empty Redis.
+(E), the drain with an ordered handler (O), and the steady-rate latency run (F, with G for F). Each
+phase that writes starts on an empty Redis.
 """
 
 from __future__ import annotations
@@ -98,11 +99,13 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
 
 
 @contextlib.contextmanager
-def running_worker(bench: Bench, name: str, *, bare: bool = False) -> Iterator[WorkerRun]:
-    """Run a worker (ours with the probe handler, or bare arq) for the block; its notes after it."""
+def running_worker(
+    bench: Bench, name: str, *, bare: bool = False, handlers: str = "benchmarks.handlers"
+) -> Iterator[WorkerRun]:
+    """Run a worker (ours with a probe handler package, or bare arq) for the block; its notes after it."""
     probe = bench.work / f"{name}.json"
     probe.unlink(missing_ok=True)
-    proc = start_worker(name, bench.redis_url, bench.work, probe, bare=bare)
+    proc = start_worker(name, bench.redis_url, bench.work, probe, bare=bare, handlers=handlers)
     result = WorkerRun()
     try:
         yield result
@@ -138,6 +141,29 @@ def ours(bench: Bench, rep: int) -> OursRound:
         queued_bytes_per_event=(queued - empty) / max(1, stored),
         retained_bytes_per_event=(data_memory(bench.redis) - empty) / max(1, stored),
     )
+
+
+@dataclass
+class OrderedRound:
+    """O: the lead events posted through our API, drained by one worker with an ordered handler."""
+
+    worker: WorkerRun
+    tally: Tally
+
+
+def ordered(bench: Bench, rep: int) -> OrderedRound:
+    """O: post `ordered_leads` x 4 lead events, then one worker with one `ordered=True` no-op drains them.
+
+    The same drain as D, with the per-lead order decided at claim time; leads interleave as in a
+    live stream (benchmarks/bodies.py `lead_stories`).
+    """
+    bench.redis.flushall()
+    load = bench.loader.run(bench.url("ours"), f"o{rep}", progress=bench.stored)
+    stored = bench.stored()
+    with running_worker(bench, f"worker-o{rep}", handlers="benchmarks.ordered_handlers") as worker:
+        worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, bench.plan.drain_timeout_s)
+    acknowledged = set(load.acknowledged) if load.acknowledged is not None else load.accepted
+    return OrderedRound(worker=worker, tally=Tally.of(acknowledged, stored, worker.runs))
 
 
 def bare(bench: Bench, rep: int) -> WorkerRun:

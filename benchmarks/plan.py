@@ -15,6 +15,7 @@ class Plan:
     connections: int  # wrk connections (httpx: concurrent requests)
     events: int  # N: each C run posts this many, D drains them
     bare_events: int  # E drains this many (a rate from first to last start, so N need not match)
+    ordered_leads: int  # O: this many leads x 4 lead events, drained with one ordered=True handler
     load_bodies: int  # distinct bodies for the A and B runs: more than they can send
     latency_rate: float  # F: offered events per second...
     latency_s: float  # ...for this long
@@ -35,6 +36,7 @@ FULL = Plan(
     # Bare arq drains at about half our worker's rate; 20,000 for E too would push the rounds
     # past the 5-minute bound of the issue.
     bare_events=10_000,
+    ordered_leads=1_000,
     load_bodies=120_000,
     latency_rate=200,
     latency_s=30,
@@ -51,6 +53,7 @@ SMOKE = Plan(
     connections=16,
     events=300,
     bare_events=300,
+    ordered_leads=50,
     load_bodies=40_000,
     latency_rate=50,
     latency_s=3,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from benchmarks.history import HistoryRun
     from benchmarks.measures import LoadResult
-    from benchmarks.phases import LatencyRun, OursRound, WorkerRun
+    from benchmarks.phases import LatencyRun, OrderedRound, OursRound, WorkerRun
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Results:
     limit: list[LoadResult] = field(default_factory=list)
     naive: list[LoadResult] = field(default_factory=list)
     ours: list[OursRound] = field(default_factory=list)
+    ordered: list[OrderedRound] = field(default_factory=list)
     bare: list[WorkerRun] = field(default_factory=list)
     latency: LatencyRun | None = None
     history: HistoryRun | None = None
@@ -49,8 +50,9 @@ def summarize(r: Results) -> dict[str, Any]:
     naive = [_rps(x) for x in r.naive]
     ours = [_rps(x.load) for x in r.ours]
     worker = [x.worker.rate for x in r.ours]
+    ordered = [x.worker.rate for x in r.ordered]
     bare = [x.rate for x in r.bare]
-    tallies = [x.tally for x in r.ours] + ([r.latency.tally] if r.latency else [])
+    tallies = [x.tally for x in r.ours + r.ordered] + ([r.latency.tally] if r.latency else [])
     workers_rss = [x.worker.rss_mb for x in r.ours] + ([r.latency.worker.rss_mb] if r.latency else [])
     f_202 = r.latency.from_202_ms if r.latency else []
     f_send = r.latency.from_send_ms if r.latency else []
@@ -59,6 +61,7 @@ def summarize(r: Results) -> dict[str, Any]:
         "ingest_naive_rps": median(naive),
         "ingest_rps": median(ours),
         "worker_events_per_s": median(worker),
+        "worker_ordered_events_per_s": median(ordered),
         "worker_bare_arq_per_s": median(bare),
         "latency_p50_ms": percentile(f_202, 50),
         "latency_p99_ms": percentile(f_202, 99),
@@ -74,11 +77,12 @@ def summarize(r: Results) -> dict[str, Any]:
     out["ratio_C_A"] = _ratio(out["ingest_rps"], out["ingest_limit_rps"])
     out["ratio_C_B"] = _ratio(out["ingest_rps"], out["ingest_naive_rps"])
     out["ratio_D_E"] = _ratio(out["worker_events_per_s"], out["worker_bare_arq_per_s"])
+    out["ratio_O_D"] = _ratio(out["worker_ordered_events_per_s"], out["worker_events_per_s"])
     out["details"] = {
         "mode": r.mode,
         "load_generator": r.loadgen,
         "wall_time_s": r.wall_s,
-        "repetitions": {"A": limit, "B": naive, "C": ours, "D": worker, "E": bare},
+        "repetitions": {"A": limit, "B": naive, "C": ours, "D": worker, "O": ordered, "E": bare},
         "ingest_latency_p99_ms": {
             "A": median(x.p99_ms for x in r.limit),
             "B": median(x.p99_ms for x in r.naive),
@@ -86,6 +90,7 @@ def summarize(r: Results) -> dict[str, Any]:
         },
         "zero_loss": {
             "C": [vars(x.tally) for x in r.ours],
+            "O": [vars(x.tally) for x in r.ordered],
             "F": vars(r.latency.tally) if r.latency else None,
         },
         "latency_offered": {
@@ -119,6 +124,7 @@ TARGETS = [
     Target("C >= 2.5 x B", lambda s: s["ratio_C_B"] >= 2.5),
     Target("D >= 600 events/s", lambda s: s["worker_events_per_s"] >= 600),
     Target("D >= 0.8 x E", lambda s: s["ratio_D_E"] >= 0.8),
+    Target("O >= 0.8 x D (issue 15)", lambda s: s["ratio_O_D"] >= 0.8),
     Target("latency p50 <= 50 ms", lambda s: s["latency_p50_ms"] <= 50),
     Target("latency p99 <= 250 ms", lambda s: s["latency_p99_ms"] <= 250),
     Target("zero lost, zero run twice", lambda s: s["lost"] == 0 and s["duplicated"] == 0),
@@ -153,12 +159,14 @@ def table(s: dict[str, Any]) -> str:
         ("   C / A", _n(s["ratio_C_A"], 2), ""),
         ("   C / B", _n(s["ratio_C_B"], 2), ""),
         ("D  ours: oa-webhooks worker, no-op", f"{_n(s['worker_events_per_s'])} ev/s", _reps(reps["D"])),
+        ("O  ours, one ordered=True no-op", f"{_n(s['worker_ordered_events_per_s'])} ev/s", _reps(reps["O"])),
+        ("   O / D", _n(s["ratio_O_D"], 2), ""),
         ("E  bare arq, tuned, no-op", f"{_n(s['worker_bare_arq_per_s'])} ev/s", _reps(reps["E"])),
         ("   D / E", _n(s["ratio_D_E"], 2), ""),
         ("F  202 -> handler start, p50", f"{_n(s['latency_p50_ms'], 1)} ms", ""),
         ("F  202 -> handler start, p99", f"{_n(s['latency_p99_ms'], 1)} ms", ""),
         ("G  C: 202s / handler runs", f"{c_ack:,} / {c_runs:,}", ""),
-        ("G  lost / run twice (C and F)", f"{s['lost']} / {s['duplicated']}", ""),
+        ("G  lost / run twice (C, O and F)", f"{s['lost']} / {s['duplicated']}", ""),
         ("   API RSS after the run", f"{_n(s['api_rss_mb'], 1)} MB", ""),
         ("   worker RSS after the run (max)", f"{_n(s['worker_rss_mb'], 1)} MB", ""),
         ("   Redis per retained event", f"{_n(s['redis_bytes_per_event'])} B", ""),
@@ -171,18 +179,19 @@ def table(s: dict[str, Any]) -> str:
     ]
     if zero["F"]:
         f = zero["F"]
-        rows.insert(11, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
+        rows.insert(13, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
-        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, E), F and H once; one uvicorn",
+        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, O, E), F and H once; one uvicorn",
         "process per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always;",
-        "D drains each C run's events, E as many jobs as the plan's bare_events (benchmarks/plan.py)",
+        "D drains each C run's events, E as many jobs as the plan's bare_events (benchmarks/plan.py),",
+        "O the plan's ordered_leads x 4 lead events with one ordered=True handler",
         "",
         f"{'measure':<{width}}{'median':>16}   repetitions",
         "-" * (width + 50),
     ]
     lines += [f"{label:<{width}}{value:>16}   {rep}".rstrip() for label, value, rep in rows]
-    lines += ["", "targets (issues 6 and 13):"]
+    lines += ["", "targets (issues 6 and 13; O: issue 15):"]
     lines += [f"  {'PASS' if t.passes(s) else 'FAIL'}  {t.label}" for t in TARGETS]
     lines += [f"note: {note}" for note in d["notes"]]
     lines.append(f"load generator: {d['load_generator']}; wall time {d['wall_time_s']:.0f} s ({d['mode']})")

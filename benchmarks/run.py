@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks import history, phases, report
-from benchmarks.bodies import signed
+from benchmarks.bodies import lead_stories, signed
 from benchmarks.loader import Loader
 from benchmarks.plan import FULL, SMOKE, Plan
 from benchmarks.stack import ROOT, Proc, start_redis, start_server
@@ -74,6 +74,10 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
             f"  D {rep + 1}/{plan.reps}: {ours.worker.rate:,.0f} events/s ({_since(phase_started)}, C and D)"
         )
         phase_started = time.monotonic()
+        results.ordered.append(phases.ordered(bench, rep))
+        rate = results.ordered[-1].worker.rate
+        _say(f"  O {rep + 1}/{plan.reps}: {rate:,.0f} events/s ordered ({_since(phase_started)})")
+        phase_started = time.monotonic()
         results.bare.append(phases.bare(bench, rep))
         _say(f"  E {rep + 1}/{plan.reps}: {results.bare[-1].rate:,.0f} events/s ({_since(phase_started)})")
         for load in (results.limit[-1], results.naive[-1]):
@@ -82,7 +86,7 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
         if ours.tally.acknowledged != plan.events:
             got = ours.tally.acknowledged
             results.notes.append(f"round {rep + 1}: C got {got:,} of {plan.events:,} answers 202")
-        if not (ours.worker.complete and results.bare[-1].complete):
+        if not (ours.worker.complete and results.bare[-1].complete and results.ordered[-1].worker.complete):
             results.notes.append(f"round {rep + 1}: a drain did not finish in {plan.drain_timeout_s:g}s")
         round_s = time.monotonic() - round_started
         reserve_s = plan.latency_s + 15
@@ -99,11 +103,12 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
     busy = _busy_share()
     if busy > _BUSY_SHARE:
         results.notes.append(f"something else used {busy:.0%} of the CPUs as the run began: noisy numbers")
-    bodies = plan.load_bodies + plan.reps * plan.events + plan.history_events
+    bodies = plan.load_bodies + plan.reps * (plan.events + 4 * plan.ordered_leads) + plan.history_events
     _say(f"bench: preparing {bodies:,} signed bodies in {work}")
     loader.prepare("load", signed("load", plan.load_bodies))
     for rep in range(plan.reps):
         loader.prepare(f"c{rep}", signed(f"c{rep}", plan.events))
+        loader.prepare(f"o{rep}", lead_stories(f"o{rep}", plan.ordered_leads))
     loader.prepare(history.SET_NAME, signed(history.SET_NAME, plan.history_events))
     redis = start_redis(work / "redis")
     servers: dict[str, tuple[Proc, int]] = {}
@@ -112,7 +117,7 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
             servers[kind] = start_server(kind, redis.url, work)
         with redis.client() as client:
             bench = phases.Bench(plan, work, client, redis.url, loader, servers)
-            _say(f"bench: {plan.reps} rounds of A, B, C, D, E; then F ({loader.name}, redis {redis.url})")
+            _say(f"bench: {plan.reps} rounds of A, B, C, D, O, E; then F ({loader.name}, redis {redis.url})")
             _rounds(bench, results, started)
             _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")
             results.latency = phases.latency(bench)

@@ -139,9 +139,17 @@ def start_server(kind: str, redis_url: str, work: Path) -> tuple[Proc, int]:
     return proc, port
 
 
-def start_worker(name: str, redis_url: str, work: Path, probe_file: Path, *, bare: bool = False) -> Proc:
-    """D: the compose `worker` command with the probe handler package; E (`bare`): bare arq."""
-    env = service_env(redis_url, OA_HANDLERS_PACKAGE="benchmarks.handlers", BENCH_PROBE_FILE=str(probe_file))
+def start_worker(
+    name: str,
+    redis_url: str,
+    work: Path,
+    probe_file: Path,
+    *,
+    bare: bool = False,
+    handlers: str = "benchmarks.handlers",
+) -> Proc:
+    """D: the compose `worker` command with a probe handler package (O: the ordered one); E: bare arq."""
+    env = service_env(redis_url, OA_HANDLERS_PACKAGE=handlers, BENCH_PROBE_FILE=str(probe_file))
     argv = [sys.executable, "-m", "benchmarks.bare_arq"] if bare else compose_command("worker")
     return Proc(name, argv, env, work).start()
 

@@ -78,8 +78,9 @@ def _histogram(
 class SnapshotCollector(Collector):
     """Turns one `Snapshot` into metric families."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, *, held_alert_s: float) -> None:
         self.snapshot = snapshot
+        self.held_alert_s = held_alert_s
 
     def collect(self) -> Iterator[Metric]:
         """Yield every system-wide series."""
@@ -93,6 +94,17 @@ class SnapshotCollector(Collector):
                 "oldest_ready_age_seconds",
                 "Age of the oldest event that is due and not running (the lag).",
                 s.oldest_ready_age_s,
+            ),
+            ("held_events", "Events an ordered handler holds back behind a dead one.", s.held),
+            (
+                "oldest_held_age_seconds",
+                "How long the longest-held event has been held.",
+                s.oldest_held_age_s,
+            ),
+            (
+                "held_alert_seconds",
+                "OA_HELD_ALERT_S: the alert rule fires when an event is held longer than this.",
+                self.held_alert_s,
             ),
             ("live_workers", "Workers with a heartbeat in the last three intervals.", len(s.workers)),
             (
@@ -175,5 +187,5 @@ async def metrics(request: Request) -> Response:
         registry.register(RedisUpCollector(up=False))
     else:
         registry.register(RedisUpCollector(up=True))
-        registry.register(SnapshotCollector(snapshot))
+        registry.register(SnapshotCollector(snapshot, held_alert_s=settings.held_alert_s))
     return Response(generate_latest(REGISTRY) + generate_latest(registry), media_type=CONTENT_TYPE)

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5, gt=0)
     queue_expiry_days: float = Field(default=7, gt=0)
     handler_http_timeout_s: float = Field(default=10, gt=0)
+    held_alert_s: float = Field(default=3600, gt=0)
 
     # Both
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

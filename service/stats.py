@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from arq.constants import in_progress_key_prefix
 
 from service import queue
+from service.held import HELD_KEY
 from service.ledger import DEAD_KEY, STATS_KEY, minute_stats_key
 from service.scripts import load_script
 
@@ -61,6 +62,8 @@ class Snapshot:
     last_received_s: float | None
     handler_histogram: dict[str, float] = field(default_factory=dict)
     latency_histogram: dict[str, float] = field(default_factory=dict)
+    held: int = 0
+    oldest_held_age_s: float = 0.0
 
     def total(self, name: str) -> int:
         """A `<name>_total` counter, 0 if never incremented."""
@@ -79,6 +82,8 @@ class Snapshot:
             "scheduled": self.scheduled,
             "in_progress": self.in_progress,
             "dead": self.dead,
+            "held": self.held,
+            "oldest_held_age_s": round(self.oldest_held_age_s, 3),
             "oldest_queued_age_s": round(self.oldest_ready_age_s, 3),
             **{f"{n}_total": self.total(n) for n in (*names, "duplicate", "conflict", "payload_mismatch")},
             "per_type": {n: self.per_type(n) for n in (*names, "payload_mismatch")},
@@ -115,6 +120,8 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         )
         pipe.hgetall(HANDLER_HISTOGRAM_KEY)
         pipe.hgetall(LATENCY_HISTOGRAM_KEY)
+        pipe.zcard(HELD_KEY)
+        pipe.zrange(HELD_KEY, 0, 0, withscores=True)
         for key in minutes:
             pipe.hgetall(key)
         (
@@ -126,6 +133,8 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
             (oldest_score, running_walked),
             handler_hist,
             latency_hist,
+            held,
+            oldest_held,
             *recent_raw,
         ) = await pipe.execute()
     async with redis.pipeline(transaction=False) as pipe:
@@ -156,4 +165,6 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         last_received_s=int(last) / 1000 if last else None,
         handler_histogram=_floats(handler_hist),
         latency_histogram=_floats(latency_hist),
+        held=held,
+        oldest_held_age_s=max(0.0, (now_ms - oldest_held[0][1]) / 1000) if oldest_held else 0.0,
     )

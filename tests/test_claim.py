@@ -35,7 +35,11 @@ async def test_claims_due_jobs_in_queue_order_up_to_the_limit(redis: AsyncRedis,
     claimed = await Claimer(redis, queue_name=queue.QUEUE_NAME, claim_ttl_ms=TTL_MS).claim(
         ids, limit=3, now_ms=NOW_MS
     )
-    assert claimed == [("j0", NOW_MS - 100), ("j1", NOW_MS - 99), ("j2", NOW_MS - 98)]
+    assert [(job.id, job.score) for job in claimed] == [
+        ("j0", NOW_MS - 100),
+        ("j1", NOW_MS - 99),
+        ("j2", NOW_MS - 98),
+    ]
     assert {k.decode() for k in redis_sync.keys("arq:in-progress:*")} == {
         f"arq:in-progress:j{i}" for i in range(3)
     }
@@ -48,7 +52,7 @@ async def test_skips_running_deferred_and_finished_jobs(redis: AsyncRedis, redis
     redis_sync.set("arq:in-progress:running", b"1", px=TTL_MS)
     claimer = Claimer(redis, queue_name=queue.QUEUE_NAME, claim_ttl_ms=TTL_MS)
     claimed = await claimer.claim([*ids, b"finished"], limit=10, now_ms=NOW_MS)
-    assert claimed == [("due", NOW_MS - 5)]
+    assert [(job.id, job.score) for job in claimed] == [("due", NOW_MS - 5)]
     assert not redis_sync.exists("arq:in-progress:deferred", "arq:in-progress:finished")
 
 
@@ -57,7 +61,7 @@ async def test_concurrent_claimers_never_claim_a_job_twice(redis: AsyncRedis, re
     ids = _queue(redis_sync, {f"j{i}": NOW_MS - 1_000 + i for i in range(200)})
     claimers = [Claimer(redis, queue_name=queue.QUEUE_NAME, claim_ttl_ms=TTL_MS) for _ in range(8)]
     results = await asyncio.gather(*(c.claim(ids, limit=50, now_ms=NOW_MS) for c in claimers))
-    taken = [job_id for result in results for job_id, _ in result]
+    taken = [job.id for result in results for job in result]
     assert sorted(taken) == sorted(i.decode() for i in ids)
     assert all(len(result) <= 50 for result in results)
 

@@ -29,6 +29,16 @@ The contract, in full:
 - **Bounded.** Each run is cut at `OA_JOB_TIMEOUT_S` and counts as a failed try.
 - **No personal data in logs at INFO**: payloads hold names and addresses. `ctx.log` already
   carries the event id, type, handler and attempt.
+- **No order, unless asked.** Events run in any order, and a retry reorders them. With
+  `on(..., ordered=True)` a handler sees each lead's events (by the payload's `lead_id`;
+  `order_key="invoice_id"` for invoices; no other key, since only these two are recorded when an
+  event is accepted) **one at a time, in the order the API accepted them**: a later event waits
+  while an earlier one of the same key is queued, running or waiting for a retry, across every
+  worker and a worker killed mid-run; other keys are never held up. The limit: the order is the
+  order of *acceptance*. The provider sends no sequence number, so two events it sends at once
+  may arrive either way round. An earlier event that is dead holds the key until it is replayed
+  (`on_dead="skip"` lets later events go on instead). An event without the key runs unordered
+  for that handler (logged once). Order holds within `OA_RETENTION_DAYS`.
 """
 
 from workers.context import Context, PermanentError

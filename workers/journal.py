@@ -50,6 +50,7 @@ class EventOutcome(StrEnum):
     DONE = "done"
     UNHANDLED = "unhandled"
     RETRY = "retry"
+    WAITING = "waiting"  # only ordered handlers are pending, and they wait for an earlier event
     DEAD = "dead"
 
 
@@ -113,7 +114,7 @@ class Journal:
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
         self._begin = redis.register_script(load_script("workers", "begin-1"))
-        self._finish = redis.register_script(load_script("workers", "finish-8"))
+        self._finish = redis.register_script(load_script("workers", "finish-9"))
         self._count_mismatch = redis.register_script(load_script("workers", "count-payload-mismatch-2"))
 
     async def count_payload_mismatch(self, event_id: str, event_type: str) -> bool:
@@ -151,10 +152,16 @@ class Journal:
         now_ms: int,
         durations_s: dict[str, float] | None = None,
         latency_s: float | None = None,
+        retry_ms: int | None = None,
+        ordered: bool = False,
+        wake: list[str] | None = None,
     ) -> None:
         """Record the handlers that ran and the event's new state, with its counters, in one script.
 
         `durations_s` (per handler that ran) and `latency_s` (receipt to success) feed the histograms.
+        `retry_ms` is when a `retry` or `waiting` event's job is due again. For an event with ordered
+        handlers (`ordered`), `wake` names those that finished in this run: the script wakes the
+        event that waits for each (workers/order.py).
         """
         latency: list[str] = []
         if latency_s is not None:
@@ -166,7 +173,7 @@ class Journal:
             series = f"{event_type}{SEPARATOR}{name}{SEPARATOR}"
             bucket = bucket_index(seconds, HANDLER_BUCKETS_S)
             durations.append([f"{series}{bucket}", f"{series}sum", repr(seconds)])
-        arg = {
+        arg: dict[str, Any] = {
             "id": event_id,
             "type": event_type,
             "outcome": outcome.value,
@@ -178,6 +185,15 @@ class Journal:
             "durations": durations,
             "latency": latency,
         }
+        if retry_ms is not None:
+            arg["retry_ms"] = str(retry_ms)
+        if ordered:
+            arg |= {
+                "ordered": True,
+                "wake": wake or [],
+                "event": event_key(""),
+                "in_progress": queue.in_progress_key(""),
+            }
         keys = [
             event_key(event_id),
             queue.job_key(event_id),
@@ -187,5 +203,6 @@ class Journal:
             minute_stats_key(now_ms),
             HANDLER_HISTOGRAM_KEY,
             LATENCY_HISTOGRAM_KEY,
+            queue.QUEUE_NAME,
         ]
         await self._finish(keys=keys, args=[orjson.dumps(arg)])

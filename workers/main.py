@@ -26,8 +26,9 @@ from service import queue
 from service.stats import WORKERS_KEY, worker_key
 from workers.claim import Claimer
 from workers.journal import Journal
+from workers.order import order_argument
 from workers.reconciler import reconcile_forever
-from workers.registry import load_handlers
+from workers.registry import load_handlers, registered
 from workers.retry import Backoff
 from workers.runtime import WorkerState, process_event
 
@@ -65,7 +66,12 @@ class _Worker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many of `job_ids` as there are free slots, in one script, and start each."""
         free = self.max_jobs - self.job_counter
-        for job_id, score in await self.claimer.claim(job_ids, limit=free, now_ms=timestamp_ms()):
+        waiting: dict[str, tuple[str, ...]] = self.ctx["oa"].waiting
+        for job_id, score, wait in await self.claimer.claim(job_ids, limit=free, now_ms=timestamp_ms()):
+            if wait:
+                waiting[job_id] = wait
+            else:
+                waiting.pop(job_id, None)
             await self.sem.acquire()  # never waits: at most the free slots were claimed
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))
@@ -147,7 +153,12 @@ def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, wor
     worker.worker_id = worker_id
     worker.started_ms = int(time.time() * 1000)
     claim_ttl_ms = int(worker.in_progress_timeout_s * 1000)
-    worker.claimer = Claimer(redis, queue_name=queue.QUEUE_NAME, claim_ttl_ms=claim_ttl_ms)
+    worker.claimer = Claimer(
+        redis,
+        queue_name=queue.QUEUE_NAME,
+        claim_ttl_ms=claim_ttl_ms,
+        order=order_argument(registered(), job_ttl_ms=settings.queue_expiry_ms),
+    )
     return worker
 
 

@@ -7,7 +7,7 @@ import logging
 import pkgutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from workers.events import KNOWN_TYPES
 
@@ -16,7 +16,11 @@ if TYPE_CHECKING:
     from workers.events import Event
 
 HandlerFunc = Callable[["Event", "Context"], Awaitable[None]]
+OnDead = Literal["hold", "skip"]
 log = logging.getLogger("oa.worker")
+# The payload ids the ledger records at ingest (`lead_id`, `invoice_id` fields and their indexes):
+# the only ones an ordered handler can be ordered by.
+ORDER_KEYS = ("lead_id", "invoice_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,13 @@ class Handler:
     patterns: tuple[str, ...]
     max_tries: int | None
     retry_on: tuple[type[BaseException], ...] | None
+    order_key: str | None = None
+    on_dead: OnDead = "hold"
+
+    @property
+    def ordered(self) -> bool:
+        """True when the handler sees each key's events one at a time, in acceptance order."""
+        return self.order_key is not None
 
     def matches(self, event_type: str) -> bool:
         """True when one pattern is the type, its `prefix.*`, or `*`."""
@@ -51,26 +62,49 @@ def _check_pattern(pattern: str) -> None:
     log.warning("handler pattern %r matches no documented event type", pattern)
 
 
+def _order_key(*, ordered: bool, order_key: str | None, on_dead: str) -> str | None:
+    if order_key is not None and order_key not in ORDER_KEYS:
+        raise ValueError(
+            f"order_key={order_key!r} cannot order events: use 'lead_id' or 'invoice_id', "
+            "the only payload ids the ledger records when it accepts an event"
+        )
+    key = order_key or ("lead_id" if ordered else None)
+    if on_dead not in ("hold", "skip"):
+        raise ValueError(f"on_dead={on_dead!r}: use 'hold' (the default) or 'skip'")
+    if on_dead != "hold" and key is None:
+        raise ValueError("on_dead applies to ordered handlers only: add ordered=True")
+    return key
+
+
 def on(
     *types: str,
     max_tries: int | None = None,
     retry_on: tuple[type[BaseException], ...] | None = None,
+    ordered: bool = False,
+    order_key: str | None = None,
+    on_dead: OnDead = "hold",
 ) -> Callable[[HandlerFunc], HandlerFunc]:
     """Register the decorated coroutine for these event types (`"lead.paid"`, `"lead.*"`, `"*"`).
 
     `max_tries` overrides `OA_MAX_TRIES` for this handler; `retry_on` limits retries to those
     exception types (anything else goes straight to dead letters).
+
+    `ordered=True` runs the handler for one lead's events one at a time, in the order the API
+    accepted them (see `workers/__init__.py`); `order_key="invoice_id"` orders by invoice instead
+    (and implies `ordered`). `on_dead="skip"` lets later events go on when an earlier one is dead;
+    by default (`"hold"`) they wait for it to be replayed.
     """
     if not types:
         raise ValueError("on() needs at least one event type, e.g. on('lead.created')")
     if max_tries is not None and max_tries < 1:
         raise ValueError("max_tries must be at least 1")
+    key = _order_key(ordered=ordered, order_key=order_key, on_dead=on_dead)
     for pattern in types:
         _check_pattern(pattern)
 
     def register(func: HandlerFunc) -> HandlerFunc:
         name = f"{func.__module__}.{func.__qualname__}"
-        _handlers[name] = Handler(name, func, tuple(types), max_tries, retry_on)
+        _handlers[name] = Handler(name, func, tuple(types), max_tries, retry_on, key, on_dead)
         return func
 
     return register

@@ -4,6 +4,7 @@ Per handler: success -> `done`; `PermanentError`, a body that no longer parses, 
 outside its `retry_on` -> `dead`; anything else -> retried with backoff until `max_tries`, then `dead`.
 A payload that does not fit its type's model still runs the handlers, as the plain `Payload`.
 Handlers of one event run concurrently, and one that raises does not stop its siblings.
+Ordered handlers that the claim told to wait (workers/order.py) sit the run out, untouched.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from arq import Retry
@@ -22,6 +23,7 @@ from service.envelope import MalformedBody, parse_envelope
 from workers.context import Context, PermanentError, bind_logger
 from workers.events import Event, build_event
 from workers.journal import EventOutcome, HandlerState, HandlerStatus, Journal
+from workers.order import WAIT_RECHECK_MS, note_unordered
 from workers.registry import Handler, handlers_for
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ class WorkerState:
     http: httpx.AsyncClient
     redis: Redis
     journal: Journal
+    # Claimed job id -> its ordered handlers that must wait in this run (set by the claim).
+    waiting: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _now_ms() -> int:
@@ -148,12 +152,23 @@ async def run_handler(
     ), took_s
 
 
-def _event_outcome(states: dict[str, HandlerState]) -> EventOutcome:
+def _event_outcome(states: dict[str, HandlerState], waiting: tuple[str, ...]) -> EventOutcome:
     if all(s.state is HandlerStatus.DONE for s in states.values()):
         return EventOutcome.DONE
-    if any(s.state is HandlerStatus.PENDING for s in states.values()):
+    pending = [name for name, s in states.items() if s.state is HandlerStatus.PENDING]
+    if any(name not in waiting for name in pending):
         return EventOutcome.RETRY
-    return EventOutcome.DEAD
+    return EventOutcome.WAITING if pending else EventOutcome.DEAD
+
+
+def _due_again_ms(states: dict[str, HandlerState], waiting: tuple[str, ...], now_ms: int) -> int:
+    """When the job should run again: the next retry, or the fallback of a handler that waits."""
+    due = [
+        s.next_ms for name, s in states.items() if s.state is HandlerStatus.PENDING and name not in waiting
+    ]
+    if waiting:
+        due.append(now_ms + WAIT_RECHECK_MS)
+    return max(now_ms, min(due))
 
 
 async def _note_mismatch(state: WorkerState, event: Event) -> None:
@@ -173,7 +188,9 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
     """The arq job: claim the event, run its due handlers, record the outcome, and ask arq to retry."""
     state: WorkerState = ctx["oa"]
     handlers = {h.name: h for h in handlers_for(event_type)}
-    claimed = await state.journal.begin(event_id, list(handlers), now_ms=_now_ms())
+    waiting = state.waiting.pop(event_id, ())
+    runnable = [name for name in handlers if name not in waiting]
+    claimed = await state.journal.begin(event_id, runnable, now_ms=_now_ms())
     fields: dict[str, Any] = {"event_id": event_id, "type": event_type}
     if claimed is None:
         log.warning("no ledger entry for this job; it was purged", extra=fields)
@@ -182,15 +199,19 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
         log.info("event already finished", extra=fields | {"outcome": claimed})
         return
     # No handler matched, or a replay restricted to handlers that do not match this type.
-    if not handlers or not claimed.handlers:
+    if not handlers or (not claimed.handlers and not waiting):
         await state.journal.finish(
             event_id, event_type, outcome=EventOutcome.UNHANDLED, changed={}, now_ms=_now_ms()
         )
         log.info("event unhandled", extra=fields | {"outcome": "unhandled"})
         return
+    ordered = any(h.ordered for h in handlers.values())
     event: Event | BaseException
     try:
-        event = build_event(parse_envelope(claimed.body), received_ms=claimed.received_ms)
+        envelope = parse_envelope(claimed.body)
+        if ordered:
+            note_unordered(list(handlers.values()), envelope)
+        event = build_event(envelope, received_ms=claimed.received_ms)
     except MalformedBody as exc:
         event = exc
     else:
@@ -203,9 +224,10 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
     ]
     results = await asyncio.gather(*runs)
     changed = {name: new for name, (new, _) in zip(claimed.due, results, strict=True)}
-    states = claimed.handlers | changed
-    outcome = _event_outcome(states)
+    states = claimed.handlers | {name: HandlerState() for name in waiting} | changed
+    outcome = _event_outcome(states, waiting)
     now_ms = _now_ms()
+    again = outcome in (EventOutcome.RETRY, EventOutcome.WAITING)
     await state.journal.finish(
         event_id,
         event_type,
@@ -214,10 +236,13 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
         now_ms=now_ms,
         durations_s={name: took for name, (_, took) in zip(claimed.due, results, strict=True)},
         latency_s=(now_ms - claimed.received_ms) / 1000 if outcome is EventOutcome.DONE else None,
+        retry_ms=_due_again_ms(states, waiting, now_ms) if again else None,
+        ordered=ordered,
+        wake=[n for n, s in changed.items() if handlers[n].ordered and s.state is not HandlerStatus.PENDING],
     )
     # Each handler already logged its outcome; a line per event adds news only when it is not done.
     level = logging.DEBUG if outcome is EventOutcome.DONE else logging.INFO
     log.log(level, "event %s", outcome.value, extra=fields | {"outcome": outcome.value})
-    if outcome is EventOutcome.RETRY:
-        next_ms = min(s.next_ms for s in states.values() if s.state is HandlerStatus.PENDING)
-        raise Retry(defer=max(0, next_ms - now_ms) / 1000)
+    if again:
+        # The finish script has set when the job is due again; arq only has to keep it queued.
+        raise Retry

@@ -43,10 +43,21 @@ def render(snapshot: Snapshot) -> Group:
     """The tables `status` prints."""
     s = snapshot
     queue_table = Table(
-        "ready now", "scheduled (retry)", "in progress", "dead letters", "lag (oldest ready)", title="Queue"
+        "ready now",
+        "scheduled (retry)",
+        "in progress",
+        "dead letters",
+        "held (behind a dead one)",
+        "lag (oldest ready)",
+        title="Queue",
     )
     queue_table.add_row(
-        str(s.ready), str(s.scheduled), str(s.in_progress), str(s.dead), f"{s.oldest_ready_age_s:.1f}s"
+        str(s.ready),
+        str(s.scheduled),
+        str(s.in_progress),
+        str(s.dead),
+        f"{s.held} (oldest {s.oldest_held_age_s:.0f}s)" if s.held else "0",
+        f"{s.oldest_ready_age_s:.1f}s",
     )
     types = sorted({t for name in _COUNTERS for t in s.per_type(name)})
     events = Table("events", *_COUNTERS, title=f"Events (last received: {_when(s.last_received_s, s.now_s)})")

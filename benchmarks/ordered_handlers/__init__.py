@@ -1,0 +1,1 @@
+"""The benchmark's handler package for the ordered drain (OA_HANDLERS_PACKAGE=benchmarks.ordered_handlers)."""
