@@ -161,7 +161,7 @@ async def test_a_retrying_earlier_event_keeps_the_order(
 
 
 async def test_a_dead_earlier_event_holds_and_a_replay_releases(
-    worker_ctx: dict[str, Any], redis_sync: Redis, client: httpx.AsyncClient
+    worker_ctx: dict[str, Any], redis_sync: Redis, admin_client: httpx.AsyncClient
 ) -> None:
     """A dead lead.created holds sold (oa:held with why, /metrics); after a replay both run in order."""
     seen: Seen = []
@@ -185,7 +185,7 @@ async def test_a_dead_earlier_event_holds_and_a_replay_releases(
     assert held is not None
     assert (held.handler, held.behind) == (name, "c1")
     assert await held_event(worker_ctx["redis"], "c1") is None
-    metrics = (await client.get("/metrics")).text
+    metrics = (await admin_client.get("/metrics")).text
     assert "oa_webhooks_held_events 1.0" in metrics
     assert "oa_webhooks_held_alert_seconds 3600.0" in metrics
     # i1 waits behind s1, which is held: after its next look, it is held too.
