@@ -112,7 +112,18 @@ class EventSummary:
     attempts: int
     handlers: dict[str, str]
     replays: int
+    # `<handler> <id of the event it waits for>` while an ordered handler holds this event behind a
+    # dead one (service/held.py); None otherwise.
+    held_by: str | None = None
     position: str = field(repr=False, default="")
+
+    @property
+    def held(self) -> dict[str, str] | None:
+        """Which ordered handler holds this event, and behind which event; None when not held."""
+        if not self.held_by:
+            return None
+        handler, _, behind = self.held_by.partition(" ")
+        return {"handler": handler, "behind": behind}
 
     @property
     def received_at(self) -> str:
@@ -131,6 +142,7 @@ class EventSummary:
             "attempts": self.attempts,
             "handlers": self.handlers,
             "replays": self.replays,
+            "held": self.held,
         }
 
 
@@ -329,6 +341,7 @@ def summary_of(event_id: str, entry: dict[str, str], position: str = "") -> Even
         attempts=sum(int(h.get("attempts") or 0) for h in handlers.values()),
         handlers={name: str(h.get("state", "")) for name, h in handlers.items()},
         replays=len(_replays_of(entry)),
+        held_by=entry.get("held_by"),
         position=position or f"{received_ms}-{seq}",
     )
 

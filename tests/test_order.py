@@ -22,6 +22,7 @@ from service import queue
 from service.dlq import DeadLetters
 from service.envelope import parse_envelope
 from service.held import HELD_KEY, held_event, held_events
+from service.history import Filters, list_events, show_event
 from service.ledger import Ledger, event_key, lead_index_key
 from workers import Context, Event, PermanentError, on
 from workers.claim import ClaimedJob, Claimer
@@ -185,6 +186,12 @@ async def test_a_dead_earlier_event_holds_and_a_replay_releases(
     assert held is not None
     assert (held.handler, held.behind) == (name, "c1")
     assert await held_event(worker_ctx["redis"], "c1") is None
+    # The event history marks it: `events show` and `events list` (and so the console) say why.
+    shown = await show_event(worker_ctx["redis"], "s1")
+    assert shown is not None
+    assert shown.summary.held == {"handler": name, "behind": "c1"}
+    listed = {e.id: e.held for e in (await list_events(worker_ctx["redis"], Filters(lead="1"))).events}
+    assert listed == {"c1": None, "s1": {"handler": name, "behind": "c1"}, "i1": None}
     metrics = (await admin_client.get("/metrics")).text
     assert "oa_webhooks_held_events 1.0" in metrics
     assert "oa_webhooks_held_alert_seconds 3600.0" in metrics

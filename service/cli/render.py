@@ -30,6 +30,10 @@ def _handlers(event: EventSummary) -> str:
     return ", ".join(f"{name.rsplit('.', 1)[-1]}: {state}" for name, state in sorted(event.handlers.items()))
 
 
+def _state(event: EventSummary) -> Text:
+    return Text(event.state.value + (" (held)" if event.held else ""), style=_STYLE[event.state])
+
+
 def table(events: list[EventSummary]) -> Table:
     """The `events list` table."""
     out = Table("id", "type", "state", "received (UTC)", "lead", "invoice", "attempts", "handlers")
@@ -37,7 +41,7 @@ def table(events: list[EventSummary]) -> Table:
         out.add_row(
             e.id,
             e.type,
-            Text(e.state.value, style=_STYLE[e.state]),
+            _state(e),
             e.received_at,
             e.lead_id or "",
             e.invoice_id or "",
@@ -58,15 +62,20 @@ def timeline(lead_id: str, events: list[EventSummary]) -> Table:
     )
     out = Table("received (UTC)", "type", "id", "state", "handlers", title=f"lead {lead_id}: {steps}")
     for e in events:
-        out.add_row(e.received_at, e.type, e.id, Text(e.state.value, style=_STYLE[e.state]), _handlers(e))
+        out.add_row(e.received_at, e.type, e.id, _state(e), _handlers(e))
     return out
 
 
 def record(console: Console, rec: EventRecord) -> None:
     """`events show`: the whole record."""
     s = rec.summary
-    secret = "unknown" if rec.secret_index is None else f"#{rec.secret_index} of OA_WEBHOOK_SECRET"
+    secret = "unknown" if rec.secret_index is None else f"#{rec.secret_index + 1} of OA_WEBHOOK_SECRET"
     console.print(f"[bold]{s.id}[/bold]  {s.type}  [{_STYLE[s.state]}]{s.state.value}[/]")
+    if s.held:
+        console.print(
+            f"[red]held[/red]: ordered handler {s.held['handler']} waits for {s.held['behind']}, which is "
+            "dead (replay it) or held itself"
+        )
     for label, value in (
         ("received", s.received_at),
         ("queued", iso(rec.queued_ms)),
