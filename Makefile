@@ -1,4 +1,4 @@
-# The one entry point: make run | test | lint | fuzz | bench | audit
+# The one entry point: make run | test | lint | fuzz | bench | audit | lock | compose-test
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -82,3 +82,24 @@ export AUDIT_SUMMARY
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+## make lock: refresh requirements.lock (runtime) and requirements-build.lock (the build backend) from
+## pyproject.toml, every pin with its hashes, with uv (installed into its own venv). The Docker image
+## installs exactly these; tests/test_lock.py fails when they no longer satisfy pyproject.toml.
+.PHONY: lock
+LOCK_VENV := $(VENV)/.lock
+UV := $(LOCK_VENV)/bin/uv
+UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV) pip compile --universal --python-version 3.11 \
+	--generate-hashes --quiet
+lock: $(STAMP)
+	@[ -x $(UV) ] || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet 'uv>=0.9,<1'; }
+	$(UV_COMPILE) --upgrade -o requirements.lock pyproject.toml
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV_COMPILE) --upgrade -o requirements-build.lock -
+
+## make compose-test: docker compose up as a user runs it, against stand-in base images built from
+## Debian packages (nothing is pulled), with signed events from the host; cleans up after itself.
+## Installs the engine, Compose v2 and debootstrap when missing and starts dockerd. Root only; < 10 min.
+.PHONY: compose-test
+compose-test: $(STAMP)
+	$(BIN)/python -m tests.compose.run

@@ -128,7 +128,7 @@ _HEALTHZ_STATUS = {"raw": 202, "naive": 404, "ours": 200}
 def start_server(kind: str, redis_url: str, work: Path) -> tuple[Proc, int]:
     """A: `raw`, B: `naive` (both via benchmarks/serve.py), C: `ours` (the compose `api` command)."""
     port = free_port()
-    env = service_env(redis_url, OA_PORT=str(port))
+    env = service_env(redis_url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()))
     argv = compose_command("api") if kind == "ours" else [sys.executable, "-m", "benchmarks.serve", kind]
     proc = Proc(f"server-{kind}", argv, env, work).start()
     wait_for_port(port, proc)

@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, JSON errors, and the Redis connection opened in lifespan."""
+"""The public FastAPI app (the webhook and `/healthz`), its JSON errors, and its runtime in lifespan."""
 
 from __future__ import annotations
 
@@ -6,23 +6,24 @@ import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from service import ingest, logs, metrics, monitoring, queue
-from service.ledger import Ledger
-from service.settings import Settings, load_settings
-from service.state import Runtime
+from service import ingest, logs, monitoring
+from service.state import attach_runtime
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Coroutine
 
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
+
+    from service.settings import Settings
+    from service.state import Runtime
 
 log = logging.getLogger("oa.api")
 
@@ -68,46 +69,39 @@ class _WebhookRoute:
         await _webhook(scope["app"], scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; settings are read (and refused if invalid) when it starts, not at import."""
+# FastAPI's own handlers answer in its shape; these answer in ours. The admin app uses them too.
+EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The public app: the webhook and `/healthz`, nothing else (operations are on the admin app).
+
+    `runtime` is the process's, shared with the admin app; without one the lifespan opens its own.
+    Settings are read (and refused if invalid) when it starts, not at import.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        current = settings or load_settings()
-        for index in current.short_secret_indexes:
-            log.warning(
-                "OA_WEBHOOK_SECRET entry %d is shorter than 16 bytes; use a longer random secret", index + 1
-            )
-        url, timeout_s = current.redis_url.get_secret_value(), current.redis_timeout_s
-        redis = queue.connect(url, timeout_s=timeout_s)
-        # The ledger's own connections: its batcher bounds each pipeline with one timer, and no
-        # per-reply clock reads (4 us of CPU per request less, interleaved runs).
-        ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False, health_checks=False)
-        app.state.runtime = Runtime(
-            settings=current,
-            redis=redis,
-            ledger=Ledger(
-                ingest_redis,
-                queue_expiry_ms=current.queue_expiry_ms,
-                retention_s=current.retention_s,
-                timeout_s=timeout_s,
-            ),
-        )
-        # What start-up allocated (modules, app, settings) lives as long as the process; frozen, the
-        # collector stops rescanning it on every full pass (see `gc.freeze`).
-        gc.freeze()
-        logs.buffer_on(asyncio.get_running_loop())
-        try:
+        async with attach_runtime(app, settings=settings, runtime=runtime) as current:
+            for index in current.settings.short_secret_indexes:
+                log.warning(
+                    "OA_WEBHOOK_SECRET entry %d is shorter than 16 bytes; use a longer random secret",
+                    index + 1,
+                )
+            # What start-up allocated (modules, app, settings) lives as long as the process; frozen,
+            # the collector stops rescanning it on every full pass (see `gc.freeze`).
+            gc.freeze()
+            logs.buffer_on(asyncio.get_running_loop())
             yield
-        finally:
-            await redis.aclose()
-            await ingest_redis.aclose()
 
     # No /docs, /redoc or /openapi.json, and no redirect from a trailing slash: one exact endpoint.
     app = ReceiverApp(
         title="Offerte Adviseur webhook receiver",
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers=EXCEPTION_HANDLERS,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -117,8 +111,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         [
             Route(ingest.PATH, _WebhookRoute(), methods=["POST"], name="receive_webhook"),
             Route("/healthz", monitoring.healthz, methods=["GET"], name="healthz"),
-            Route("/readyz", monitoring.readyz, methods=["GET"], name="readyz"),
-            Route("/metrics", metrics.metrics, methods=["GET"], name="metrics"),
         ]
     )
     return app

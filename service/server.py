@@ -13,10 +13,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, ClassVar
 
 import httptools
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.app import create_app
 from service.ingest import error_body
 from service.metrics import REQUESTS
 
@@ -25,36 +23,11 @@ if TYPE_CHECKING:
 
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-    from service.settings import Settings
-
 _log = logging.getLogger("oa.api")
 # Bytes of a request head that the parser callbacks do not show: "<method> <url> HTTP/1.1\r\n", the
 # ": " and "\r\n" of each header line, and the blank line that ends the head.
 _REQUEST_LINE_EXTRA = len("  HTTP/1.1\r\n\r\n")
 _HEADER_LINE_EXTRA = len(": \r\n")
-
-
-def serve(settings: Settings) -> None:
-    """Run the API until SIGTERM/SIGINT, with the limits the settings give."""
-    guards = {
-        "max_head_bytes": settings.max_header_bytes,
-        "header_timeout_s": settings.header_timeout_s,
-        "body_timeout_s": settings.body_timeout_s,
-    }
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        http=type("Protocol", (GuardedHttpToolsProtocol,), guards),
-        ws="none",
-        access_log=settings.access_log,
-        log_config=None,
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.keepalive_timeout_s,
-        server_header=False,
-        # We never read the client address; X-Forwarded-For parsing would only cost time.
-        proxy_headers=False,
-    )
 
 
 class HeadTooLarge(Exception):

@@ -10,7 +10,7 @@ import sys
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 16
@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # HTTP side
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8001, ge=1, le=65535)
     max_body_bytes: int = Field(default=262_144, ge=1024)
     redis_timeout_s: float = Field(default=2.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
@@ -98,6 +100,14 @@ class Settings(BaseSettings):
         if scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _separate_ports(self) -> Settings:
+        if self.admin_port == self.port:
+            raise ValueError(
+                "OA_ADMIN_PORT must differ from OA_PORT: the admin listener is a port of its own"
+            )
+        return self
 
     @cached_property
     def secrets(self) -> tuple[bytes, ...]:

@@ -1,15 +1,26 @@
-"""What the API holds for its lifetime: opened in lifespan, reached by requests through app state."""
+"""What the API holds for its lifetime: opened at start-up, reached by requests through app state.
+
+One `Runtime` per process: the public app and the admin app (service/admin.py) share it, so the
+admin side adds no Redis connections of its own.
+"""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from service import queue
+from service.ledger import Ledger
+from service.settings import load_settings
+
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from redis.asyncio import Redis
+    from starlette.applications import Starlette
     from starlette.requests import Request
 
-    from service.ledger import Ledger
     from service.settings import Settings
 
 
@@ -20,6 +31,48 @@ class Runtime:
     settings: Settings
     redis: Redis
     ledger: Ledger
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Make the process's Redis clients (they connect on first use) and close them at the end."""
+    url, timeout_s = settings.redis_url.get_secret_value(), settings.redis_timeout_s
+    redis = queue.connect(url, timeout_s=timeout_s)
+    # The ledger's own connections: its batcher bounds each pipeline with one timer, and no
+    # per-reply clock reads (4 us of CPU per request less, interleaved runs).
+    ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False, health_checks=False)
+    try:
+        yield Runtime(
+            settings=settings,
+            redis=redis,
+            ledger=Ledger(
+                ingest_redis,
+                queue_expiry_ms=settings.queue_expiry_ms,
+                retention_s=settings.retention_s,
+                timeout_s=timeout_s,
+            ),
+        )
+    finally:
+        await redis.aclose()
+        await ingest_redis.aclose()
+
+
+@asynccontextmanager
+async def attach_runtime(
+    app: Starlette, *, settings: Settings | None = None, runtime: Runtime | None = None
+) -> AsyncIterator[Runtime]:
+    """For an app's lifespan: put the shared `runtime` in its state, or open one of its own if none is given.
+
+    `oa-webhooks api` opens one runtime for both of its apps; an app made alone (tests) opens its own,
+    from `settings` or, when those are not given either, from the environment.
+    """
+    if runtime is not None:
+        app.state.runtime = runtime
+        yield runtime
+        return
+    async with open_runtime(settings or load_settings()) as own:
+        app.state.runtime = own
+        yield own
 
 
 def runtime_of(request: Request) -> Runtime:

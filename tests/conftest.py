@@ -12,6 +12,7 @@ import pytest
 from redis import Redis
 
 from service import queue
+from service.admin import create_admin_app
 from service.app import create_app
 from service.settings import Settings
 from service.signature import SIGNATURE_HEADER, sign
@@ -83,6 +84,16 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+@pytest.fixture
+async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client wired to the admin app (/metrics, /readyz) in-process, with its lifespan running."""
+    app = create_admin_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
             yield http
 
 

@@ -90,13 +90,17 @@ class Service:
 
 
 def service_env(redis_url: str, secret: str, port: int, **extra: str) -> dict[str, str]:
-    """The environment a user would give the compose commands, plus test-speed settings."""
+    """The environment a user would give the compose commands, plus test-speed settings.
+
+    The admin listener gets a free port of its own (OA_ADMIN_PORT), unless `extra` names one.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("OA_") and k != "REDIS_URL"}
     env.update(
         {
             "REDIS_URL": redis_url,
             "OA_WEBHOOK_SECRET": secret,
             "OA_PORT": str(port),
+            "OA_ADMIN_PORT": str(free_port()),
             "OA_LOG_FORMAT": "json",
             "OA_HEARTBEAT_INTERVAL_S": "1",
             "OA_POLL_DELAY_S": "0.02",
@@ -142,6 +146,7 @@ class Stack:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = service_env(redis_url, secret, self.port, **settings)
+        self.admin_url = f"http://127.0.0.1:{env['OA_ADMIN_PORT']}"
         self.api = Service("api", env, tmp_path / "api.log")
         self.worker = Service("worker", env, tmp_path / "worker.log")
         self.handler_files: list[Path] = []

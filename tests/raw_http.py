@@ -116,6 +116,11 @@ class Api:
         """Everything the process printed so far."""
         return self.service.output()
 
+    @property
+    def admin_port(self) -> int:
+        """The port of its admin listener (/metrics, /readyz)."""
+        return int(self.service.env["OA_ADMIN_PORT"])
+
 
 def snapshot(redis: Redis) -> tuple[int, set[bytes]]:
     """What is in Redis: DBSIZE and every key."""

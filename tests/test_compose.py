@@ -1,4 +1,7 @@
-"""docker-compose.yml keeps Redis private: internal network only, a password, no published port."""
+"""docker-compose.yml: Redis private, api and worker with egress, only the webhook port public.
+
+Parsing proves only the layout; `make compose-test` (tests/compose/) runs the stack for real.
+"""
 
 from __future__ import annotations
 
@@ -35,17 +38,28 @@ def test_redis_requires_a_password_that_compose_refuses_to_leave_empty(compose: 
     """Redis runs with --requirepass "${REDIS_PASSWORD:?...}", so compose stops when no password is set."""
     redis = compose["services"]["redis"]
     assert '--requirepass "${REDIS_PASSWORD:?' in redis["command"]
+    assert "--dir /data" in redis["command"]
     assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
     assert "-a" in redis["healthcheck"]["test"][1]
 
 
-def test_api_and_worker_reach_redis_with_the_password(compose: dict[str, Any]) -> None:
-    """The api and worker use `redis://:${REDIS_PASSWORD:?...}@redis:6379/0`; only the api is public."""
+def test_api_and_worker_reach_redis_and_the_outside_world(compose: dict[str, Any]) -> None:
+    """The api and worker use `redis://:${REDIS_PASSWORD:?...}@redis:6379/0`, on internal and on egress."""
     for name in ("api", "worker"):
         service = compose["services"][name]
         assert service["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
         assert service["environment"]["REDIS_URL"].endswith("@redis:6379/0")
         assert "OA_WEBHOOK_SECRET:?" in service["environment"]["OA_WEBHOOK_SECRET"]
-    assert _networks(compose["services"]["api"]) == {"internal", "public"}
-    assert _networks(compose["services"]["worker"]) == {"internal"}
+        assert _networks(service) == {"internal", "egress"}
+    assert compose["networks"]["egress"].get("internal", False) is False
     assert "ports" not in compose["services"]["worker"]
+
+
+def test_only_the_webhook_port_is_public_and_the_admin_port_is_on_loopback(compose: dict[str, Any]) -> None:
+    """The api publishes 8000 to all, 8001 (admin) to the host's 127.0.0.1 only, and binds admin inside."""
+    api = compose["services"]["api"]
+    assert api["ports"] == ["8000:8000", "127.0.0.1:8001:8001"]
+    assert api["environment"]["OA_ADMIN_HOST"] == "0.0.0.0"  # noqa: S104 - inside the stack's networks
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert port == "8000:8000" or port.startswith("127.0.0.1:") or name == "grafana", (name, port)

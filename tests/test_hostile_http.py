@@ -124,7 +124,7 @@ def test_http_level_refusals_are_counted_in_metrics(api: Api) -> None:
     """Refusals made before the app runs (431, 400) still count in oa_webhooks_http_requests_total."""
     exchange(api.port, [_HUGE], close_wait_s=0)
     exchange(api.port, [b"\x01\x02 hello there\r\n\r\n"], close_wait_s=0)
-    metrics = exchange(api.port, [request_head([], method=b"GET", target=b"/metrics")], close_wait_s=0)
+    metrics = exchange(api.admin_port, [request_head([], method=b"GET", target=b"/metrics")], close_wait_s=0)
     assert b'oa_webhooks_http_requests_total{status="431"}' in metrics.body
     assert b'oa_webhooks_http_requests_total{status="400"}' in metrics.body
 

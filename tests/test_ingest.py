@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
+from service.admin import create_admin_app
 from service.app import create_app
 from service.ledger import PENDING_KEY, event_key
 from service.queue import QUEUE_NAME, job_key
@@ -134,16 +135,18 @@ async def test_rotation_records_which_secret_matched(redis_url: str, redis_sync:
 
 
 async def test_unreachable_redis_is_503_with_retry_after() -> None:
-    """With Redis down, a valid event gets 503 with Retry-After and readyz is 503; healthz stays 200."""
+    """With Redis down, an event gets 503 with Retry-After and the admin readyz 503; healthz stays 200."""
     settings = make_settings(f"redis://127.0.0.1:{free_port()}/0", OA_REDIS_TIMEOUT_S=0.5)
-    app = create_app(settings)
+    app, admin = create_app(settings), create_admin_app(settings)
     body = envelope()
     async with (
         app.router.lifespan_context(app),
+        admin.router.lifespan_context(admin),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=admin), base_url="http://admin") as admin_http,
     ):
         response = await http.post(ENDPOINT, content=body, headers=signed_headers(body))
-        ready = await http.get("/readyz")
+        ready = await admin_http.get("/readyz")
         healthy = await http.get("/healthz")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
@@ -164,9 +167,9 @@ async def test_connections_redis_closed_are_replaced_without_a_503(
         assert redis_sync.client_kill_filter(_type="normal", skipme=True) >= 1
 
 
-async def test_readyz_is_ok_with_redis(client: httpx.AsyncClient) -> None:
-    """Readyz answers 200 when Redis answers."""
-    response = await client.get("/readyz")
+async def test_readyz_is_ok_with_redis(admin_client: httpx.AsyncClient) -> None:
+    """The admin app's readyz answers 200 when Redis answers."""
+    response = await admin_client.get("/readyz")
     assert response.status_code == 200
 
 

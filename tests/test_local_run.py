@@ -26,6 +26,7 @@ def test_run_starts_redis_api_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -
     env |= {
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "OA_PORT": str(api_port),
+        "OA_ADMIN_PORT": str(free_port()),
         "OA_LOG_FORMAT": "json",
     }
     log = (tmp_path / "run.log").open("wb")

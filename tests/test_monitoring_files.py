@@ -50,9 +50,9 @@ def _metric_names(text: str) -> set[str]:
     return {re.sub(r"_(bucket|count|sum)$", "", n) for n in names}
 
 
-async def test_every_metric_used_by_rules_and_dashboard_is_exposed(client: httpx.AsyncClient) -> None:
-    """Each oa_webhooks_* name in alerts.yml and the Grafana dashboard appears in /metrics."""
-    exposed = _metric_names((await client.get("/metrics")).text)
+async def test_every_metric_used_by_rules_and_dashboard_is_exposed(admin_client: httpx.AsyncClient) -> None:
+    """Each oa_webhooks_* name in alerts.yml and the Grafana dashboard appears in the admin app's /metrics."""
+    exposed = _metric_names((await admin_client.get("/metrics")).text)
     dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "oa-webhooks.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     used = _metric_names((MONITORING / "alerts.yml").read_text()) | _metric_names(exprs)

@@ -54,7 +54,7 @@ def status_json(stack: Stack, *args: str) -> tuple[int, dict[str, Any]]:
 
 def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """GET /metrics, parsed by prometheus-client's own parser, as {(sample name, labels): value}."""
-    text = httpx.get(stack.base_url + "/metrics", timeout=10).text
+    text = httpx.get(stack.admin_url + "/metrics", timeout=10).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

@@ -123,7 +123,7 @@ def test_the_documented_acl_user_is_enough(tmp_path: Path) -> None:
                 stack.base_url + ENDPOINT, content=body, headers=signed_headers(body), timeout=10
             )
             assert response.status_code == 202
-        assert httpx.get(stack.base_url + "/metrics", timeout=10).status_code == 200
+        assert httpx.get(stack.admin_url + "/metrics", timeout=10).status_code == 200
         wait_for(
             lambda: admin.zcard(PENDING_KEY) == 0, timeout_s=20, what="the worker to finish as the ACL user"
         )

@@ -78,3 +78,13 @@ def test_entry_points_refuse_to_start_without_secret(command: str, tmp_path: Pat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "OA_WEBHOOK_SECRET" in lines[0]
+
+
+def test_admin_port_must_differ_from_the_public_port(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """OA_ADMIN_PORT equal to OA_PORT is refused with a line that names both variables."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OA_WEBHOOK_SECRET", "a-long-enough-test-secret")
+    monkeypatch.setenv("OA_PORT", "9000")
+    monkeypatch.setenv("OA_ADMIN_PORT", "9000")
+    with pytest.raises(SettingsError, match=r"^OA_ADMIN_PORT must differ from OA_PORT"):
+        load_settings()

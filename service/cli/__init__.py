@@ -23,7 +23,7 @@ app.command("status")(status.status)
 @app.command()
 def api() -> None:
     """Serve the webhook endpoint (uvicorn) on OA_HOST:OA_PORT."""
-    from service.server import serve  # noqa: PLC0415 - only this command needs uvicorn
+    from service.listeners import serve  # noqa: PLC0415 - only this command needs uvicorn
 
     settings = load_settings_or_exit()
     configure(level=settings.log_level, fmt=settings.log_format)

@@ -151,21 +151,38 @@ def run() -> None:
 
 def healthcheck(
     target: Annotated[
-        str, typer.Argument(help="api: GET /healthz; worker: a fresh heartbeat from this host")
+        str,
+        typer.Argument(
+            help="api: both listeners answer (/healthz, admin /readyz); worker: a fresh heartbeat"
+        ),
     ],
 ) -> None:
     """Exit 0 when the API answers, or when a worker on this host has a fresh heartbeat."""
     settings = load_settings_or_exit()
     if target == "api":
-        try:
-            ok = httpx.get(f"http://127.0.0.1:{settings.port}/healthz", timeout=3).status_code == 200
-        except httpx.HTTPError:
-            ok = False
+        ok = _api_alive(settings.port, settings.admin_host, settings.admin_port)
     elif target == "worker":
         ok = asyncio.run(_worker_alive(settings.redis_url.get_secret_value(), settings.heartbeat_interval_s))
     else:
         raise typer.BadParameter("expected 'api' or 'worker'")
     raise typer.Exit(0 if ok else 1)
+
+
+def _api_alive(port: int, admin_host: str, admin_port: int) -> bool:
+    """Both listeners answer: /healthz on the public port, and /readyz (200 or 503) on the admin port.
+
+    Liveness only: a Redis outage (readyz 503) must not make the API look dead, as /healthz says.
+    """
+    # A wildcard bind is reached on loopback; a specific address only on itself.
+    admin = "127.0.0.1" if admin_host in {"0.0.0.0", "::", ""} else admin_host  # noqa: S104
+    admin = f"[{admin}]" if ":" in admin else admin
+    try:
+        with httpx.Client(timeout=3) as http:
+            public_ok = http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            admin_ok = http.get(f"http://{admin}:{admin_port}/readyz").status_code in {200, 503}
+    except httpx.HTTPError:
+        return False
+    return public_ok and admin_ok
 
 
 async def _worker_alive(url: str, interval_s: float) -> bool:
