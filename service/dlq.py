@@ -1,5 +1,8 @@
 """Dead letters: events whose handlers used up their tries (or raised `PermanentError`).
 
+A view over the event history (service/history.py): `dlq list` is `events list --state dead`
+one row per dead handler, and `dlq replay` is the replay of `events replay` (service/replay.py).
+
 A dead event keeps its ledger entry (body, and per handler: attempts, first and last error)
 until a person replays or purges it. Replay re-queues the event for its dead handlers only,
 past dedup. Purge drops the body and errors but keeps a tombstone (id and body hash) for the
@@ -14,10 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import WatchError
-
-from service import queue
-from service.ledger import DEAD_KEY, PENDING_KEY, event_key
+from service.ledger import DEAD_KEY, event_key
+from service.replay import Replayer, ReplayStatus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -126,44 +127,13 @@ class DeadLetters:
         return {"id": event_id, **plain, "body": body, "handlers": handlers}
 
     async def replay(self, event_id: str, *, now_ms: int) -> list[str]:
-        """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead."""
-        key = event_key(event_id)
-        async with self.redis.pipeline(transaction=True) as tx:
-            while True:
-                try:
-                    await tx.watch(key)
-                    entry = _decode(await tx.hgetall(key))  # type: ignore[misc]  # redis-py types it sync|async
-                    if entry.get("state") != "dead":
-                        await tx.unwatch()  # type: ignore[no-untyped-call]
-                        return []
-                    revived = {}
-                    for letter in dead_letters_of(event_id, entry):
-                        state = json.loads(entry[f"h:{letter.handler}"])
-                        state.update(
-                            state="pending",
-                            attempts=0,
-                            next_ms=0,
-                            finished_ms=None,
-                            replays=int(state.get("replays", 0)) + 1,
-                        )
-                        revived[f"h:{letter.handler}"] = json.dumps(state, separators=(",", ":"))
-                    tx.multi()  # type: ignore[no-untyped-call]
-                    tx.hset(key, mapping={**revived, "state": "queued"})
-                    tx.hdel(key, "dead_ms")
-                    tx.zrem(DEAD_KEY, event_id)
-                    tx.zadd(PENDING_KEY, {event_id: now_ms})
-                    # arq's own try counter would otherwise carry on from the dead run.
-                    tx.delete(queue.retry_key(event_id))
-                    tx.set(
-                        queue.job_key(event_id),
-                        queue.encode_job(event_id, entry.get("type", ""), enqueue_ms=now_ms),
-                        px=self.queue_expiry_ms,
-                    )
-                    tx.zadd(queue.QUEUE_NAME, {event_id: now_ms})
-                    await tx.execute()
-                    return [name[2:] for name in revived]
-                except WatchError:
-                    continue
+        """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead.
+
+        The same replay as `events replay` (service/replay.py): one script, recorded on the event.
+        """
+        replayer = Replayer(self.redis, queue_expiry_ms=self.queue_expiry_ms)
+        result = await replayer.replay(event_id, dead_only=True, now_ms=now_ms)
+        return list(result.handlers) if result.status is ReplayStatus.REPLAYED else []
 
     async def purge(self, event_id: str) -> bool:
         """Drop a dead event's body and errors, keeping a dedup tombstone for the retention period."""

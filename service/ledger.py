@@ -13,6 +13,9 @@ Keys (all prefixed `oa:`):
 - `oa:idx:lead:<lead id>` and `oa:idx:invoice:<invoice id>`: sorted sets of event ids by `seq`,
   for the events whose payload names that lead or invoice (`lead_id` / `invoice_id` fields of
   the entry). They expire with the retention of their newest event.
+- `oa:idx:time` and `oa:idx:type:<type>`: streams of event ids (field `i`) with IDs
+  `<received ms>-<seq>`, for the event history (service/history.py). A stream entry takes about
+  30 bytes where a sorted-set member takes over 100; trimmed to the retention (`MINID`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ PENDING_KEY = "oa:pending"
 DEAD_KEY = "oa:dead"
 STATS_KEY = "oa:stats"
 SEQUENCE_KEY = "oa:seq"
+TIME_INDEX_KEY = "oa:idx:time"
 # Ids we index: a number, or a short token of safe characters (never a key pattern or whitespace).
 _INDEXABLE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MINUTE_STATS_TTL_S = 900
@@ -54,6 +58,11 @@ def lead_index_key(lead_id: str) -> str:
 def invoice_index_key(invoice_id: str) -> str:
     """Event ids of one invoice, by acceptance order."""
     return f"oa:idx:invoice:{invoice_id}"
+
+
+def type_index_key(event_type: str) -> str:
+    """Event ids of one type, by receipt (a stream, like `TIME_INDEX_KEY`)."""
+    return f"oa:idx:type:{event_type}"
 
 
 def _indexable(value: Any) -> str:
@@ -118,7 +127,7 @@ class Ledger:
         # Concurrent requests' accepts share round trips (see service/batching.py); past
         # `timeout_s` a batch fails with TimeoutError.
         self._accept = ScriptBatcher(
-            redis, load_script("service", "accept-9"), max_batch=ACCEPT_BATCH, timeout_s=timeout_s
+            redis, load_script("service", "accept-11"), max_batch=ACCEPT_BATCH, timeout_s=timeout_s
         )
         self._requeue_if_lost = ScriptBatcher(
             redis, load_script("service", "requeue-if-lost-5"), timeout_s=timeout_s
@@ -140,6 +149,8 @@ class Ledger:
                 SEQUENCE_KEY,
                 lead_index_key(lead_id),
                 invoice_index_key(invoice_id),
+                TIME_INDEX_KEY,
+                type_index_key(envelope.type),
             ],
             [
                 envelope.id,
@@ -154,6 +165,7 @@ class Ledger:
                 lead_id,
                 invoice_id,
                 self.retention_s,
+                now_ms - self.retention_s * 1000,
             ],
         )
         return Accepted(Outcome(reply[0].decode()), sha256, reply[1].decode())

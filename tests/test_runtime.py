@@ -104,7 +104,7 @@ async def test_one_failing_handler_does_not_stop_its_siblings(
     with pytest.raises(Retry):
         await process_event(worker_ctx, "evt_sib", "lead.paid")
     assert calls == {"good": 1, "flaky": 1}
-    assert redis_sync.hget(event_key("evt_sib"), "state") == b"queued"
+    assert redis_sync.hget(event_key("evt_sib"), "state") == b"retrying"
     await process_event(worker_ctx, "evt_sib", "lead.paid")
     assert calls == {"good": 1, "flaky": 2}
     assert redis_sync.hget(event_key("evt_sib"), "state") == b"done"

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
+# Attempts kept per handler for `events show`: a handler retried 16 times keeps its last 10, each
+# error with a shortened traceback (first_error and last_error keep theirs whole).
+RUNS_KEPT = 10
+
+
 class HandlerStatus(StrEnum):
     """Where one handler stands for one event."""
 
@@ -58,6 +63,10 @@ class HandlerState:
     first_error: dict[str, Any] | None = None
     last_error: dict[str, Any] | None = None
     finished_ms: int | None = None
+    # The last RUNS_KEPT attempts, oldest first: {"at": start ms, "ms": duration, "error": {...}}
+    # (no "error" when it succeeded); `attempts` still counts them all.
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    replays: int = 0
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> HandlerState:
@@ -67,7 +76,13 @@ class HandlerState:
         known["state"] = HandlerStatus(known.get("state", "pending"))
         known["attempts"] = int(known.get("attempts", 0))
         known["next_ms"] = int(known.get("next_ms", 0))
+        known["runs"] = list(known.get("runs") or [])
+        known["replays"] = int(known.get("replays") or 0)
         return cls(**known)
+
+    def with_run(self, run: dict[str, Any]) -> list[dict[str, Any]]:
+        """`runs` with one more attempt, the oldest dropped past `RUNS_KEPT`."""
+        return [*self.runs, run][-RUNS_KEPT:]
 
     def to_json(self) -> str:
         """The stored form."""
@@ -98,6 +113,8 @@ class Journal:
         """Mark the event `processing` and count an attempt for each due handler, atomically.
 
         Returns None when the ledger has no entry, the state name when it is already finished.
+        A replay restricted to some handlers (`events replay --handler`) leaves the others out of
+        `handlers` altogether: they neither run nor count towards the event's outcome.
         """
         reply = await self._begin(keys=[event_key(event_id)], args=[now_ms, *handler_names])
         if reply is None:
@@ -106,6 +123,8 @@ class Journal:
             return str(reply[0].decode())
         claimed = Claimed(body=reply[1], received_ms=int(reply[2]), handlers={})
         for name, raw in zip(handler_names, reply[3:], strict=True):
+            if raw[:1] == b"-":
+                continue
             claimed.handlers[name] = HandlerState.from_json(raw[1:])
             if raw[:1] == b"1":
                 claimed.due.append(name)

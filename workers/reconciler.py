@@ -4,8 +4,9 @@ arq can lose a job without our ledger noticing: its key expired, arq gave up on 
 lost it. Each check-and-requeue is one Lua script, atomic against a worker finishing the event.
 
 It runs in every worker, every `OA_RECONCILE_INTERVAL_S`, and a Redis lock lets one of them do
-the work each time. It is not an arq cron job on purpose: arq puts cron jobs in the same sorted
-set as the events, where they would skew the queue depth that operators watch.
+the work each time; the same turn trims the event history's indexes (service/trim.py). It is not
+an arq cron job on purpose: arq puts cron jobs in the same sorted set as the events, where they
+would skew the queue depth that operators watch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from service.ledger import PENDING_KEY, Ledger, event_key
+from service.trim import trim_indexes
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerState
@@ -71,7 +73,10 @@ async def reconcile_once(state: WorkerState, *, worker_id: str) -> dict[str, int
         queue_expiry_ms=state.settings.queue_expiry_ms,
         retention_s=state.settings.retention_s,
     )
-    found = await reconcile_pending(ledger, now_ms=time.time_ns() // 1_000_000)
+    now_ms = time.time_ns() // 1_000_000
+    found = await reconcile_pending(ledger, now_ms=now_ms)
+    # The same turn trims the history indexes to the retention (one worker at a time, like this).
+    found["trimmed"] = await trim_indexes(state.redis, now_ms=now_ms, retention_s=state.settings.retention_s)
     if found.get("requeued"):
         log.warning("reconciler repaired %d events", found["requeued"], extra={"count": found["requeued"]})
     else:

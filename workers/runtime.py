@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oa.worker")
 _MAX_TRACEBACK_CHARS = 8000
+# Each kept attempt (`events show`) has its traceback's last lines; the dead letter's errors keep 8000.
+_RUN_TRACEBACK_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +104,27 @@ async def run_handler(
     """
     attempt = current.attempts
     fields = {"event_id": event_id, "type": event_type, "handler": handler.name, "attempt": attempt}
+    started_ms = _now_ms()
     started = time.perf_counter()
     try:
         await _attempt(state, handler, event, attempt)
     except Exception as exc:
         now_ms = _now_ms()
         error = describe_error(exc, now_ms=now_ms)
-        fields |= {"duration_ms": round((time.perf_counter() - started) * 1000, 1), "error": error["type"]}
-        failed = replace(current, first_error=current.first_error or error, last_error=error)
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        fields |= {"duration_ms": round(took_ms, 1), "error": error["type"]}
+        run = {
+            "at": started_ms,
+            "ms": took_ms,
+            "error": {
+                "type": error["type"],
+                "message": error["message"],
+                "traceback": error["traceback"][-_RUN_TRACEBACK_CHARS:],
+            },
+        }
+        failed = replace(
+            current, first_error=current.first_error or error, last_error=error, runs=current.with_run(run)
+        )
         if _is_permanent(handler, exc) or attempt >= (handler.max_tries or state.settings.max_tries):
             # No traceback here: it goes to the dead letter, where `dlq show` prints it.
             log.error("handler dead", extra=fields | {"outcome": "dead"})  # noqa: TRY400
@@ -125,7 +140,10 @@ async def run_handler(
     log.info(
         "handler succeeded", extra=fields | {"outcome": "succeeded", "duration_ms": round(took_s * 1000, 1)}
     )
-    return replace(current, state=HandlerStatus.DONE, finished_ms=_now_ms()), took_s
+    run = {"at": started_ms, "ms": round(took_s * 1000, 3)}
+    return replace(
+        current, state=HandlerStatus.DONE, finished_ms=_now_ms(), runs=current.with_run(run)
+    ), took_s
 
 
 def _event_outcome(states: dict[str, HandlerState]) -> EventOutcome:
@@ -148,7 +166,8 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
     if isinstance(claimed, str):
         log.info("event already finished", extra=fields | {"outcome": claimed})
         return
-    if not handlers:
+    # No handler matched, or a replay restricted to handlers that do not match this type.
+    if not handlers or not claimed.handlers:
         await state.journal.finish(
             event_id, event_type, outcome=EventOutcome.UNHANDLED, changed={}, now_ms=_now_ms()
         )

@@ -7,7 +7,7 @@ import sys
 import typer
 import uvloop
 
-from service.cli import dlq, local, sender, status
+from service.cli import dlq, events, local, sender, status
 from service.logs import configure
 from service.settings import load_settings_or_exit
 
@@ -17,6 +17,7 @@ app.command("send")(sender.send)
 app.command("run")(local.run)
 app.command("healthcheck")(local.healthcheck)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(events.app, name="events")
 app.command("status")(status.status)
 
 

@@ -31,8 +31,12 @@ if #a.latency == 3 then
   redis.call('HINCRBYFLOAT', KEYS[8], a.latency[2], a.latency[3])
 end
 local counter
+if outcome ~= 'retry' then
+  -- A replay restricted to some handlers ends with the run that finishes the event.
+  redis.call('HDEL', KEYS[1], 'replay_only')
+end
 if outcome == 'retry' then
-  redis.call('HSET', KEYS[1], 'state', 'queued')
+  redis.call('HSET', KEYS[1], 'state', 'retrying')
   -- arq never refreshes a job's expiry on retry; we do, so a long schedule cannot expire.
   redis.call('PEXPIRE', KEYS[2], a.queue_expiry_ms)
   counter = 'retried'
@@ -44,6 +48,13 @@ elseif outcome == 'dead' then
 else
   redis.call('HSET', KEYS[1], 'state', 'done', 'done_ms', now)
   redis.call('EXPIRE', KEYS[1], a.retention_s)
+  -- `unhandled` marks a done event that no handler matched (`events list --state unhandled`);
+  -- the state stays 'done', which is what every script tests for a finished event.
+  if outcome == 'unhandled' then
+    redis.call('HSET', KEYS[1], 'unhandled', '1')
+  else
+    redis.call('HDEL', KEYS[1], 'unhandled')
+  end
   redis.call('ZREM', KEYS[3], id)
   counter = 'processed'
   if outcome == 'unhandled' then
