@@ -19,8 +19,11 @@ from service.console.web import PREFIX, redirect, render
 from service.history import (
     FILTER_STATES,
     FINAL_STATES,
+    Attempt,
     EventState,
     Filters,
+    HandlerRecord,
+    Replay,
     known_types,
     lead_timeline,
     list_events,
@@ -166,12 +169,19 @@ async def event(request: Request, event_id: str) -> Response:
         "event.html",
         {
             "record": record,
+            "stories": {h.name: _story(h) for h in record.handlers},
             "replayable": finished,
             "flash": _FLASH.get(request.query_params.get("replay", "")),
             "refresh_s": None if finished else EVENT_REFRESH_S,
             "now_ms": time.time_ns() // 1_000_000,
         },
     )
+
+
+def _story(handler: HandlerRecord) -> list[Attempt | Replay]:
+    """A handler's kept runs and the replays that reset it, in the order they happened."""
+    items: list[Attempt | Replay] = [*handler.runs, *handler.replays]
+    return sorted(items, key=lambda item: item.started_ms if isinstance(item, Attempt) else item.at_ms)
 
 
 def not_found(event_id: str) -> dict[str, Any]:
