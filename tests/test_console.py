@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import time
@@ -20,7 +21,7 @@ from service.console.charts import minute_chart
 from service.ledger import MINUTE_STATS_TTL_S, minute_stats_key
 from service.settings import Settings, SettingsError, load_settings
 from service.stats import read_minutes
-from tests.conftest import make_settings
+from tests.conftest import ENDPOINT, envelope, make_settings, signed_headers
 from tests.processes import ROOT
 
 TOKEN = "console-token-0123456789abcdef"
@@ -209,3 +210,68 @@ def test_templates_and_static_files_are_package_data() -> None:
     for path in files:
         relative = path.relative_to(ROOT / "service").as_posix()
         assert any(fnmatch(relative, g) for g in globs), relative
+
+
+async def _post_events(client: httpx.AsyncClient, count: int) -> None:
+    """Accept `count` lead.created events (lead 7000 + i) through the public app; no worker runs them."""
+    for i in range(count):
+        body = envelope(f"evt_{i:03d}", "lead.created", lead_id=7000 + i)
+        assert (await client.post(ENDPOINT, content=body, headers=signed_headers(body))).status_code == 202
+
+
+async def test_events_pages_with_a_cursor_and_keeps_the_filters(
+    client: httpx.AsyncClient, console: httpx.AsyncClient
+) -> None:
+    """55 events: 50 on the first page with an 'Older events' link (cursor, same filters), 5 on the next."""
+    await _post_events(client, 55)
+    await _sign_in(console)
+    first = await console.get("/console/events", params={"type": "lead.*", "since": "1h"})
+    assert first.status_code == 200
+    assert first.text.count('<a href="/console/events/evt_') == 50
+    assert "evt_054" in first.text
+    assert "evt_004" not in first.text
+    link = re.search(r'<a href="(\?[^"]+)" rel="next">Older events</a>', first.text)
+    assert link, "no link to the next page"
+    older = html.unescape(link[1])
+    assert {"type=lead.%2A", "since=1h"} <= set(older[1:].split("&"))
+    assert "cursor=" in older
+    second = await console.get("/console/events" + older)
+    assert second.text.count('<a href="/console/events/evt_') == 5
+    assert "evt_004" in second.text
+    assert 'rel="next"' not in second.text
+    assert "Newest events" in second.text
+
+
+async def test_events_filters_say_how_to_fix_a_bad_value(
+    client: httpx.AsyncClient, console: httpx.AsyncClient
+) -> None:
+    """A bad time or state is a 400 with the error beside its field; no filter matching is an empty page."""
+    await _post_events(client, 1)
+    await _sign_in(console)
+    bad = await console.get("/console/events", params={"since": "yesterday", "state": "lost"})
+    assert bad.status_code == 400
+    assert "There is a problem" in bad.text
+    assert "&#39;yesterday&#39; is not a time. Enter a duration such as 15m" in bad.text
+    assert 'id="since-error"' in bad.text
+    assert 'id="state-error"' in bad.text
+    none = await console.get("/console/events", params={"state": "dead"})
+    assert (none.status_code, "No event matches" in none.text) == (200, True)
+    queued = await console.get("/console/events", params={"state": "queued"})
+    assert "evt_000" in queued.text
+
+
+async def test_replay_refuses_an_unfinished_event_and_an_unknown_handler(
+    client: httpx.AsyncClient, console: httpx.AsyncClient, redis_sync: Redis
+) -> None:
+    """A queued event has no Replay button and its replay is 409; so is a handler the event never had."""
+    await _post_events(client, 1)
+    csrf = await _sign_in(console)
+    page = await console.get("/console/events/evt_000")
+    assert page.status_code == 200
+    assert ">Replay</button>" not in page.text
+    assert '<meta http-equiv="refresh" content="2">' in page.text  # it follows the unfinished event
+    for data in ({"csrf": csrf}, {"csrf": csrf, "handler": "workers.handlers.nope.nope"}):
+        answer = await console.post("/console/replay/evt_000", data=data)
+        assert answer.status_code == 409
+    assert redis_sync.hget("oa:event:evt_000", "replays") in (None, b"[]")
+    assert (await console.get("/console/replay/evt_000")).status_code == 409

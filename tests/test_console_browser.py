@@ -302,10 +302,12 @@ def test_a_replay_post_without_its_csrf_token_is_refused(stack: Stack, redis_mod
 
 
 def test_no_console_on_the_public_port(stack: Stack) -> None:
-    """The public port answers 404 to every console path; the admin port serves them."""
+    """The public port answers 404 to every console path; the admin port serves them, as start-up logged."""
     with httpx.Client(timeout=10) as http:
         for path in ("/console", "/console/login", "/console/events", "/console/static/console.css"):
             answer = http.get(stack.base_url + path)
             assert (answer.status_code, answer.json()["error"]) == (404, "not_found"), path
         assert http.post(stack.base_url + "/console/login", data={"token": TOKEN}).status_code == 404
         assert http.get(stack.admin_url + "/console/login").status_code == 200
+    started = [r for r in stack.api.records() if r.get("msg") == "console enabled"]
+    assert [r["detail"] for r in started] == [f"{stack.admin_url}/console"]
