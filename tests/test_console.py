@@ -275,3 +275,14 @@ async def test_replay_refuses_an_unfinished_event_and_an_unknown_handler(
         assert answer.status_code == 409
     assert redis_sync.hget("oa:event:evt_000", "replays") in (None, b"[]")
     assert (await console.get("/console/replay/evt_000")).status_code == 409
+
+
+async def test_sign_out_needs_its_csrf_token_and_clears_the_cookie(console: httpx.AsyncClient) -> None:
+    """Sign out without the CSRF token is 403 (still signed in); with it, the cookie is cleared."""
+    csrf = await _sign_in(console)
+    assert (await console.post("/console/logout", data={})).status_code == 403
+    assert (await console.get("/console")).status_code == 200
+    answer = await console.post("/console/logout", data={"csrf": csrf})
+    assert (answer.status_code, answer.headers["location"]) == (303, "/console/login")
+    assert "max-age=0" in answer.headers["set-cookie"].lower()
+    assert (await console.get("/console")).status_code == 303
