@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from service import metrics, monitoring
+from service import console, metrics, monitoring
 from service.app import EXCEPTION_HANDLERS
 from service.state import attach_runtime
 
@@ -26,11 +26,12 @@ if TYPE_CHECKING:
 
 
 def create_admin_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
-    """`/metrics` and `/readyz`; with the process's `runtime`, or one of its own when none is given."""
+    """`/metrics`, `/readyz`, `/console`; with the process's `runtime`, or one of its own if none is given."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with attach_runtime(app, settings=settings, runtime=runtime):
+        async with attach_runtime(app, settings=settings, runtime=runtime) as attached:
+            console.log_state(attached.settings)
             yield
 
     app = FastAPI(
@@ -48,4 +49,5 @@ def create_admin_app(settings: Settings | None = None, *, runtime: Runtime | Non
             Route("/metrics", metrics.metrics, methods=["GET"], name="metrics"),
         ]
     )
+    app.include_router(console.router)
     return app

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8001, ge=1, le=65535)
+    # The operator console (/console on the admin port) is off while this is unset.
+    admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=262_144, ge=1024)
     redis_timeout_s: float = Field(default=2.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
@@ -98,6 +100,28 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "OA_WEBHOOK_SECRET still holds a placeholder: set it to the secret from Offerte Adviseur"
                 )
+        return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        token = value.get_secret_value()
+        if token.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "OA_ADMIN_TOKEN still holds a placeholder: set a random one (openssl rand -hex 32)"
+            )
+        if len(token.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"OA_ADMIN_TOKEN is shorter than {MIN_SECRET_BYTES} bytes: "
+                "set a random one (openssl rand -hex 32)"
+            )
         return value
 
     @field_validator("redis_url")

@@ -28,6 +28,7 @@ SEPARATOR = "\t"  # cannot occur in a type (printable only) or in a handler name
 HANDLER_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400)
 RECENT_MINUTES = 5
+CHART_MINUTES = 60
 # The lag script walks the due range in pages of this many entries...
 LAG_PAGE = 100
 # ...and past this many running entries (far more than any fleet runs at once) counts the next
@@ -168,3 +169,20 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         held=held,
         oldest_held_age_s=max(0.0, (now_ms - oldest_held[0][1]) / 1000) if oldest_held else 0.0,
     )
+
+
+async def read_minutes(
+    redis: Redis, *, minutes: int = CHART_MINUTES, now_ms: int | None = None
+) -> list[tuple[int, dict[str, int]]]:
+    """The per-minute counters of the last `minutes` minutes (this one included), oldest first.
+
+    One pipeline; each item is (the minute's start in ms, its counters). A minute with no event, or
+    older than `MINUTE_STATS_TTL_S`, has empty counters.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    starts = [(now // 60_000 - i) * 60_000 for i in reversed(range(minutes))]
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in starts:
+            pipe.hgetall(minute_stats_key(start))
+        buckets = await pipe.execute()
+    return [(start, _ints(bucket)) for start, bucket in zip(starts, buckets, strict=True)]

@@ -36,6 +36,8 @@ def test_every_setting_is_in_the_table_with_its_default() -> None:
             default = default.get_secret_value()
         if field == "webhook_secret":
             assert table[name] == "(required)"
+        elif default is None:
+            assert table[name] == "(unset)", name
         elif isinstance(default, bool | str):
             assert table[name].lower() == str(default).lower(), name
         else:
