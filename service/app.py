@@ -78,11 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning(
                 "OA_WEBHOOK_SECRET entry %d is shorter than 16 bytes; use a longer random secret", index + 1
             )
-        url, timeout_s = current.redis_url.get_secret_value(), current.redis_timeout_s
-        redis = queue.connect(url, timeout_s=timeout_s)
+        url, timeout_s, sentinel = (
+            current.redis_url.get_secret_value(),
+            current.redis_timeout_s,
+            current.sentinel,
+        )
+        redis = queue.connect(url, timeout_s=timeout_s, sentinel=sentinel)
         # The ledger's own connections: its batcher bounds each pipeline with one timer, and no
         # per-reply clock reads (4 us of CPU per request less, interleaved runs).
-        ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False, health_checks=False)
+        ingest_redis = queue.connect(
+            url, timeout_s=timeout_s, sentinel=sentinel, read_timeouts=False, health_checks=False
+        )
         app.state.runtime = Runtime(
             settings=current,
             redis=redis,
@@ -91,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 queue_expiry_ms=current.queue_expiry_ms,
                 retention_s=current.retention_s,
                 timeout_s=timeout_s,
+                min_replicas=current.redis_min_replicas,
             ),
         )
         # What start-up allocated (modules, app, settings) lives as long as the process; frozen, the

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 16
@@ -19,6 +19,13 @@ PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret"
 
 class SettingsError(Exception):
     """The configuration cannot work; the message names the variable to set."""
+
+
+class SentinelSettings(NamedTuple):
+    """Where to ask for the current Redis primary: the Sentinels' addresses and the primary's name."""
+
+    addresses: tuple[tuple[str, int], ...]
+    master: str
 
 
 class Settings(BaseSettings):
@@ -37,6 +44,11 @@ class Settings(BaseSettings):
         default=SecretStr("redis://localhost:6379/0"),
         validation_alias=AliasChoices("REDIS_URL", "redis_url"),
     )
+
+    # Redis with Sentinel: the clients ask these for the current primary of that name
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
+    redis_min_replicas: int = Field(default=0, ge=0)
 
     # HTTP side
     host: str = "127.0.0.1"
@@ -99,6 +111,29 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        _sentinel_addresses(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_needs_both(self) -> Settings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "OA_REDIS_SENTINELS and OA_REDIS_SENTINEL_MASTER go together: set both (or neither)"
+            )
+        if self.redis_sentinels and self.redis_url.get_secret_value().startswith("unix://"):
+            raise ValueError("REDIS_URL: with OA_REDIS_SENTINELS it must start with redis:// or rediss://")
+        return self
+
+    @property
+    def sentinel(self) -> SentinelSettings | None:
+        """The Sentinels to follow the primary through, or None for the one Redis of REDIS_URL."""
+        if not self.redis_sentinels:
+            return None
+        return SentinelSettings(_sentinel_addresses(self.redis_sentinels), self.redis_sentinel_master)
+
     @cached_property
     def secrets(self) -> tuple[bytes, ...]:
         """The configured secrets as the bytes that key the HMAC, in configured order."""
@@ -123,6 +158,17 @@ class Settings(BaseSettings):
     def arq_job_timeout_s(self) -> float:
         """Arq's own job timeout: ours plus a margin, so that our timeout always fires first."""
         return self.job_timeout_s + 5
+
+
+def _sentinel_addresses(value: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` as pairs; `[::1]:26379` for an IPv6 address."""
+    addresses = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"OA_REDIS_SENTINELS: {part!r} is not host:port (e.g. sentinel-1:26379)")
+        addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
+    return tuple(addresses)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -225,7 +225,9 @@ async def serve(settings: Settings) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         while not stopper.stopping.is_set():
             redis = queue.connect_arq(
-                settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s
+                settings.redis_url.get_secret_value(),
+                timeout_s=settings.redis_timeout_s,
+                sentinel=settings.sentinel,
             )
             stopper.worker = build_worker(settings, redis, http=http, worker_id=worker_id)
             started = time.monotonic()

@@ -29,7 +29,11 @@ def _run(action: Callable[[DeadLetters], Awaitable[T]]) -> T:
     settings = load_settings_or_exit()
 
     async def go() -> T:
-        redis = queue.connect(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
+        redis = queue.connect(
+            settings.redis_url.get_secret_value(),
+            timeout_s=settings.redis_timeout_s,
+            sentinel=settings.sentinel,
+        )
         try:
             return await action(
                 DeadLetters(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms)

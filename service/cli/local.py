@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlparse
 
 import httpx
@@ -21,6 +21,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from service.settings import load_settings_or_exit
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 # The same commands as docker-compose.yml's `api` and `worker` services, from this virtualenv
 # (make runs us without activating it).
@@ -162,17 +165,18 @@ def healthcheck(
         except httpx.HTTPError:
             ok = False
     elif target == "worker":
-        ok = asyncio.run(_worker_alive(settings.redis_url.get_secret_value(), settings.heartbeat_interval_s))
+        ok = asyncio.run(_worker_alive(settings))
     else:
         raise typer.BadParameter("expected 'api' or 'worker'")
     raise typer.Exit(0 if ok else 1)
 
 
-async def _worker_alive(url: str, interval_s: float) -> bool:
+async def _worker_alive(settings: Settings) -> bool:
     from service import queue  # noqa: PLC0415
     from service.stats import WORKERS_KEY  # noqa: PLC0415
 
-    client = queue.connect(url, timeout_s=3)
+    interval_s = settings.heartbeat_interval_s
+    client = queue.connect(settings.redis_url.get_secret_value(), timeout_s=3, sentinel=settings.sentinel)
     try:
         fresh = await client.zrangebyscore(WORKERS_KEY, time.time() * 1000 - interval_s * 3000, "+inf")
     except (RedisError, OSError):

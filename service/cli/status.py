@@ -26,7 +26,9 @@ _COUNTERS = ("received", "processed", "retried", "failed", "unhandled")
 
 
 async def _snapshot(settings: Settings) -> Snapshot:
-    redis = queue.connect(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
+    redis = queue.connect(
+        settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s, sentinel=settings.sentinel
+    )
     try:
         return await read_snapshot(redis, heartbeat_interval_s=settings.heartbeat_interval_s)
     finally:
