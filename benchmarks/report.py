@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from benchmarks.measures import LoadResult
-    from benchmarks.phases import LatencyRun, OursRound, WorkerRun
+    from benchmarks.phases import LatencyRun, OursRound, TwoProcessRound, WorkerRun
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Results:
     limit: list[LoadResult] = field(default_factory=list)
     naive: list[LoadResult] = field(default_factory=list)
     ours: list[OursRound] = field(default_factory=list)
+    ours2: list[TwoProcessRound] = field(default_factory=list)
     bare: list[WorkerRun] = field(default_factory=list)
     latency: LatencyRun | None = None
     api_rss_mb: float = math.nan
@@ -46,6 +47,7 @@ def summarize(r: Results) -> dict[str, Any]:
     limit = [_rps(x) for x in r.limit]
     naive = [_rps(x) for x in r.naive]
     ours = [_rps(x.load) for x in r.ours]
+    ours2 = [_rps(x.load) for x in r.ours2]
     worker = [x.worker.rate for x in r.ours]
     bare = [x.rate for x in r.bare]
     tallies = [x.tally for x in r.ours] + ([r.latency.tally] if r.latency else [])
@@ -56,6 +58,7 @@ def summarize(r: Results) -> dict[str, Any]:
         "ingest_limit_rps": median(limit),
         "ingest_naive_rps": median(naive),
         "ingest_rps": median(ours),
+        "ingest_rps_2proc": median(ours2),
         "worker_events_per_s": median(worker),
         "worker_bare_arq_per_s": median(bare),
         "latency_p50_ms": percentile(f_202, 50),
@@ -68,17 +71,20 @@ def summarize(r: Results) -> dict[str, Any]:
     }
     out["ratio_C_A"] = _ratio(out["ingest_rps"], out["ingest_limit_rps"])
     out["ratio_C_B"] = _ratio(out["ingest_rps"], out["ingest_naive_rps"])
+    out["ratio_C2_C"] = _ratio(out["ingest_rps_2proc"], out["ingest_rps"])
     out["ratio_D_E"] = _ratio(out["worker_events_per_s"], out["worker_bare_arq_per_s"])
     out["details"] = {
         "mode": r.mode,
         "load_generator": r.loadgen,
         "wall_time_s": r.wall_s,
-        "repetitions": {"A": limit, "B": naive, "C": ours, "D": worker, "E": bare},
+        "repetitions": {"A": limit, "B": naive, "C": ours, "C2": ours2, "D": worker, "E": bare},
         "ingest_latency_p99_ms": {
             "A": median(x.p99_ms for x in r.limit),
             "B": median(x.p99_ms for x in r.naive),
             "C": median(x.load.p99_ms for x in r.ours),
+            "C2": median(x.load.p99_ms for x in r.ours2),
         },
+        "stored_2proc": [x.stored for x in r.ours2],
         "zero_loss": {
             "C": [vars(x.tally) for x in r.ours],
             "F": vars(r.latency.tally) if r.latency else None,
@@ -137,6 +143,8 @@ def table(s: dict[str, Any]) -> str:
         ("C  ours: oa-webhooks api", f"{_n(s['ingest_rps'])} req/s", _reps(reps["C"])),
         ("   C / A", _n(s["ratio_C_A"], 2), ""),
         ("   C / B", _n(s["ratio_C_B"], 2), ""),
+        ("C2 ours, OA_API_PROCESSES=2", f"{_n(s['ingest_rps_2proc'])} req/s", _reps(reps["C2"])),
+        ("   C2 / C", _n(s["ratio_C2_C"], 2), ""),
         ("D  ours: oa-webhooks worker, no-op", f"{_n(s['worker_events_per_s'])} ev/s", _reps(reps["D"])),
         ("E  bare arq, tuned, no-op", f"{_n(s['worker_bare_arq_per_s'])} ev/s", _reps(reps["E"])),
         ("   D / E", _n(s["ratio_D_E"], 2), ""),
@@ -150,11 +158,11 @@ def table(s: dict[str, Any]) -> str:
     ]
     if zero["F"]:
         f = zero["F"]
-        rows.insert(11, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
+        rows.insert(13, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
-        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, E), F once; one uvicorn process",
-        "per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always;",
+        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, C2, E), F once; one uvicorn",
+        "process per server (C2: two) with the settings of `oa-webhooks api`; Redis with AOF fsync always;",
         "D drains each C run's events, E as many jobs as the plan's bare_events (benchmarks/plan.py)",
         "",
         f"{'measure':<{width}}{'median':>16}   repetitions",

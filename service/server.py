@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 import uvicorn
@@ -21,6 +21,7 @@ from service.ingest import error_body
 from service.metrics import REQUESTS
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable
 
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -34,14 +35,17 @@ _REQUEST_LINE_EXTRA = len("  HTTP/1.1\r\n\r\n")
 _HEADER_LINE_EXTRA = len(": \r\n")
 
 
-def serve(settings: Settings) -> None:
-    """Run the API until SIGTERM/SIGINT, with the limits the settings give."""
+def serve(settings: Settings, *, sockets: list[socket.socket] | None = None) -> None:
+    """Run the API until SIGTERM/SIGINT, with the limits the settings give.
+
+    `sockets`: serve on these, bound already (service/processes.py), instead of OA_HOST:OA_PORT.
+    """
     guards = {
         "max_head_bytes": settings.max_header_bytes,
         "header_timeout_s": settings.header_timeout_s,
         "body_timeout_s": settings.body_timeout_s,
     }
-    uvicorn.run(
+    _runner(sockets)(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -55,6 +59,19 @@ def serve(settings: Settings) -> None:
         # We never read the client address; X-Forwarded-For parsing would only cost time.
         proxy_headers=False,
     )
+
+
+def _runner(sockets: list[socket.socket] | None) -> Callable[..., None]:
+    if sockets is None:
+        return uvicorn.run  # looked up at each call: benchmarks/serve.py swaps the app through it
+
+    def run_on_sockets(app: Any, **options: Any) -> None:
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+        server.run(sockets=sockets)
+        if not server.started:
+            raise SystemExit(3)  # as `uvicorn.run` does: the lifespan failed
+
+    return run_on_sockets
 
 
 class HeadTooLarge(Exception):

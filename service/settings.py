@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30, gt=0)
     max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     access_log: bool = False
+    api_processes: int = Field(default=1, ge=1, le=64)
 
     # Worker side
     handlers_package: str = "workers.handlers"
