@@ -129,7 +129,8 @@ def run() -> None:
     _ensure_env_file()
     settings = load_settings_or_exit()
     url = settings.redis_url.get_secret_value()
-    redis_process = None if _redis_answers(url) else _start_redis(url)
+    # With Sentinel, REDIS_URL names no server to check or start: the Sentinels know the primary.
+    redis_process = None if settings.sentinel or _redis_answers(url) else _start_redis(url)
     api = subprocess.Popen(API_COMMAND)
     worker = subprocess.Popen(WORKER_COMMAND)
     typer.echo(f"API on http://{settings.host}:{settings.port} - try: oa-webhooks send lead.created")
