@@ -1,4 +1,4 @@
-"""Notes every run of every event as one line (the event id) in the file FAILOVER_PROBE_FILE names.
+"""Notes every run of every event as one line, `<event id> <time.time()>`, in FAILOVER_PROBE_FILE.
 
 The note is outside Redis on purpose: a failover may lose Redis writes, and the drill must still
 count every run, including the ones whose outcome the new primary never saw. One `write()` on an
@@ -8,6 +8,7 @@ O_APPEND file per run keeps the lines of two workers whole.
 from __future__ import annotations
 
 import os
+import time
 
 from workers import Context, Event, on
 
@@ -21,6 +22,6 @@ async def note_run(event: Event, _ctx: Context) -> None:
     if path:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, event.id.encode() + b"\n")
+            os.write(fd, f"{event.id} {time.time()}\n".encode())
         finally:
             os.close(fd)
