@@ -166,6 +166,21 @@ def ordered(bench: Bench, rep: int) -> OrderedRound:
     return OrderedRound(worker=worker, tally=Tally.of(acknowledged, stored, worker.runs))
 
 
+@dataclass
+class TwoProcessRound:
+    """C2: C's events again, through our API with two processes; what the ledger stored of them."""
+
+    load: LoadResult
+    stored: int
+
+
+def ours_2proc(bench: Bench, rep: int) -> TwoProcessRound:
+    """C2: post C's N events once each to `oa-webhooks api` with OA_API_PROCESSES=2 (no drain: D did)."""
+    bench.redis.flushall()
+    load = bench.loader.run(bench.url("ours2"), f"c{rep}", progress=bench.stored)
+    return TwoProcessRound(load=load, stored=bench.stored())
+
+
 def bare(bench: Bench, rep: int) -> WorkerRun:
     """E: `bare_events` no-op jobs queued with arq's `enqueue_job`, drained by one tuned bare arq worker."""
     bench.redis.flushall()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from benchmarks.history import HistoryRun
     from benchmarks.measures import LoadResult
-    from benchmarks.phases import LatencyRun, OrderedRound, OursRound, WorkerRun
+    from benchmarks.phases import LatencyRun, OrderedRound, OursRound, TwoProcessRound, WorkerRun
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Results:
     naive: list[LoadResult] = field(default_factory=list)
     ours: list[OursRound] = field(default_factory=list)
     ordered: list[OrderedRound] = field(default_factory=list)
+    ours2: list[TwoProcessRound] = field(default_factory=list)
     bare: list[WorkerRun] = field(default_factory=list)
     latency: LatencyRun | None = None
     history: HistoryRun | None = None
@@ -49,6 +50,7 @@ def summarize(r: Results) -> dict[str, Any]:
     limit = [_rps(x) for x in r.limit]
     naive = [_rps(x) for x in r.naive]
     ours = [_rps(x.load) for x in r.ours]
+    ours2 = [_rps(x.load) for x in r.ours2]
     worker = [x.worker.rate for x in r.ours]
     ordered = [x.worker.rate for x in r.ordered]
     bare = [x.rate for x in r.bare]
@@ -60,6 +62,7 @@ def summarize(r: Results) -> dict[str, Any]:
         "ingest_limit_rps": median(limit),
         "ingest_naive_rps": median(naive),
         "ingest_rps": median(ours),
+        "ingest_rps_2proc": median(ours2),
         "worker_events_per_s": median(worker),
         "worker_ordered_events_per_s": median(ordered),
         "worker_bare_arq_per_s": median(bare),
@@ -76,18 +79,21 @@ def summarize(r: Results) -> dict[str, Any]:
     }
     out["ratio_C_A"] = _ratio(out["ingest_rps"], out["ingest_limit_rps"])
     out["ratio_C_B"] = _ratio(out["ingest_rps"], out["ingest_naive_rps"])
+    out["ratio_C2_C"] = _ratio(out["ingest_rps_2proc"], out["ingest_rps"])
     out["ratio_D_E"] = _ratio(out["worker_events_per_s"], out["worker_bare_arq_per_s"])
     out["ratio_O_D"] = _ratio(out["worker_ordered_events_per_s"], out["worker_events_per_s"])
     out["details"] = {
         "mode": r.mode,
         "load_generator": r.loadgen,
         "wall_time_s": r.wall_s,
-        "repetitions": {"A": limit, "B": naive, "C": ours, "D": worker, "O": ordered, "E": bare},
+        "repetitions": {"A": limit, "B": naive, "C": ours, "C2": ours2, "D": worker, "O": ordered, "E": bare},
         "ingest_latency_p99_ms": {
             "A": median(x.p99_ms for x in r.limit),
             "B": median(x.p99_ms for x in r.naive),
             "C": median(x.load.p99_ms for x in r.ours),
+            "C2": median(x.load.p99_ms for x in r.ours2),
         },
+        "stored_2proc": [x.stored for x in r.ours2],
         "zero_loss": {
             "C": [vars(x.tally) for x in r.ours],
             "O": [vars(x.tally) for x in r.ordered],
@@ -158,6 +164,8 @@ def table(s: dict[str, Any]) -> str:
         ("C  ours: oa-webhooks api", f"{_n(s['ingest_rps'])} req/s", _reps(reps["C"])),
         ("   C / A", _n(s["ratio_C_A"], 2), ""),
         ("   C / B", _n(s["ratio_C_B"], 2), ""),
+        ("C2 ours, OA_API_PROCESSES=2", f"{_n(s['ingest_rps_2proc'])} req/s", _reps(reps["C2"])),
+        ("   C2 / C", _n(s["ratio_C2_C"], 2), ""),
         ("D  ours: oa-webhooks worker, no-op", f"{_n(s['worker_events_per_s'])} ev/s", _reps(reps["D"])),
         ("O  ours, one ordered=True no-op", f"{_n(s['worker_ordered_events_per_s'])} ev/s", _reps(reps["O"])),
         ("   O / D", _n(s["ratio_O_D"], 2), ""),
@@ -182,10 +190,10 @@ def table(s: dict[str, Any]) -> str:
         rows.insert(13, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
-        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, O, E), F and H once; one uvicorn",
-        "process per server with the settings of `oa-webhooks api`; Redis with AOF appendfsync always;",
-        "D drains each C run's events, E as many jobs as the plan's bare_events (benchmarks/plan.py),",
-        "O the plan's ordered_leads x 4 lead events with one ordered=True handler",
+        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, C2, O, E), F and H once; one",
+        "uvicorn process per server (C2: two) with the settings of `oa-webhooks api`; Redis with AOF",
+        "appendfsync always; D drains each C run's events, E as many jobs as the plan's bare_events",
+        "(benchmarks/plan.py), O the plan's ordered_leads x 4 lead events with one ordered=True handler",
         "",
         f"{'measure':<{width}}{'median':>16}   repetitions",
         "-" * (width + 50),

@@ -73,6 +73,15 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
         _say(
             f"  D {rep + 1}/{plan.reps}: {ours.worker.rate:,.0f} events/s ({_since(phase_started)}, C and D)"
         )
+        results.ours2.append(phases.ours_2proc(bench, rep))
+        two = results.ours2[-1]
+        _say(
+            f"  C2 {rep + 1}/{plan.reps}: {two.load.rps:,.0f} req/s ({two.stored:,} events, 2 API processes)"
+        )
+        if two.stored < two.load.accepted:
+            results.notes.append(
+                f"round {rep + 1}: C2 answered {two.load.accepted:,} 202s for {two.stored:,} stored"
+            )
         phase_started = time.monotonic()
         results.ordered.append(phases.ordered(bench, rep))
         rate = results.ordered[-1].worker.rate
@@ -113,11 +122,12 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
     redis = start_redis(work / "redis")
     servers: dict[str, tuple[Proc, int]] = {}
     try:
-        for kind in ("raw", "naive", "ours"):
+        for kind in ("raw", "naive", "ours", "ours2"):
             servers[kind] = start_server(kind, redis.url, work)
         with redis.client() as client:
             bench = phases.Bench(plan, work, client, redis.url, loader, servers)
-            _say(f"bench: {plan.reps} rounds of A, B, C, D, O, E; then F ({loader.name}, redis {redis.url})")
+            rounds = "A, B, C, D, C2, O, E"
+            _say(f"bench: {plan.reps} rounds of {rounds}; then F ({loader.name}, redis {redis.url})")
             _rounds(bench, results, started)
             _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")
             results.latency = phases.latency(bench)

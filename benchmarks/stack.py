@@ -122,14 +122,17 @@ def wait_for_port(port: int, proc: Proc, timeout_s: float = 20) -> None:
 
 
 # What each app answers to `GET /healthz`: proof that the intended app serves the port.
-_HEALTHZ_STATUS = {"raw": 202, "naive": 404, "ours": 200}
+_HEALTHZ_STATUS = {"raw": 202, "naive": 404, "ours": 200, "ours2": 200}
 
 
 def start_server(kind: str, redis_url: str, work: Path) -> tuple[Proc, int]:
-    """A: `raw`, B: `naive` (both via benchmarks/serve.py), C: `ours` (the compose `api` command)."""
+    """A: `raw`, B: `naive` (both via benchmarks/serve.py), C: `ours` (the compose `api` command), and
+    C2: `ours2`, the same with OA_API_PROCESSES=2."""
     port = free_port()
-    env = service_env(redis_url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()))
-    argv = compose_command("api") if kind == "ours" else [sys.executable, "-m", "benchmarks.serve", kind]
+    extra = {"OA_API_PROCESSES": "2"} if kind == "ours2" else {}
+    env = service_env(redis_url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()), **extra)
+    ours = kind.startswith("ours")
+    argv = compose_command("api") if ours else [sys.executable, "-m", "benchmarks.serve", kind]
     proc = Proc(f"server-{kind}", argv, env, work).start()
     wait_for_port(port, proc)
     status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code

@@ -7,6 +7,12 @@ answer each caller gets is exactly what a lone EVALSHA would have given: batchin
 number of round trips, never the outcome. With one request at a time, a batch is one call.
 A batch that takes longer than `timeout_s` fails every caller in it with `TimeoutError` (one
 timer per batch, not per caller).
+
+With `replicas=N`, a `WAIT N` ends each pipeline: Redis answers it once N replicas hold every
+write of that connection so far, which covers the whole batch (and, the replication stream being
+one sequence, every earlier write it found, such as the first copy of a duplicate). Fewer within
+the time left fails every caller with `NotReplicated`, whatever their scripts did: one round trip
+per batch buys the replicas' confirmation for all of them.
 """
 
 from __future__ import annotations
@@ -15,22 +21,39 @@ import asyncio
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 _Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
+# Of the batch's time, the share WAIT may take; the rest is for the round trip itself, so that
+# too few replicas end as `NotReplicated` rather than as the batch's timeout.
+_WAIT_SHARE = 0.9
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than required confirmed the batch's writes in time (they may still be stored)."""
 
 
 class ScriptBatcher:
     """Runs one Lua script for many concurrent callers, batched into pipelines."""
 
     def __init__(
-        self, redis: Redis, script: str, *, max_batch: int = 256, timeout_s: float | None = None
+        self,
+        redis: Redis,
+        script: str,
+        *,
+        max_batch: int = 256,
+        timeout_s: float | None = None,
+        replicas: int = 0,
     ) -> None:
+        if replicas and timeout_s is None:
+            raise ValueError("waiting for replicas needs a timeout_s")  # WAIT 0 would wait forever
         self.redis = redis
         self.timeout_s = timeout_s
+        self.replicas = replicas
+        self._wait_ms = max(1, int((timeout_s or 0) * 1000 * _WAIT_SHARE))
         self.script = script
         self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self.max_batch = max_batch
@@ -67,7 +90,19 @@ class ScriptBatcher:
         async with self.redis.pipeline(transaction=False) as pipe:
             for keys, args, _ in batch:
                 pipe.evalsha(self.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+            if self.replicas:
+                # Same pipeline, same connection: WAIT counts replicas for this connection's writes.
+                pipe.wait(self.replicas, self._wait_ms)
+            results = list(await pipe.execute(raise_on_error=False))
+        if self.replicas:
+            confirmed = results.pop()
+            if isinstance(confirmed, Exception):
+                raise confirmed
+            if confirmed < self.replicas:
+                raise NotReplicated(
+                    f"{confirmed} of {self.replicas} replicas confirmed within {self._wait_ms} ms"
+                )
+        return results
 
     async def _send(self, batch: list[_Call]) -> None:
         try:

@@ -122,15 +122,26 @@ class Ledger:
     """Atomic writes to the ledger and the queue. Construct once per process, in lifespan/startup."""
 
     def __init__(
-        self, redis: Redis, *, queue_expiry_ms: int, retention_s: int, timeout_s: float | None = None
+        self,
+        redis: Redis,
+        *,
+        queue_expiry_ms: int,
+        retention_s: int,
+        timeout_s: float | None = None,
+        min_replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
         self.retention_s = retention_s
         # Concurrent requests' accepts share round trips (see service/batching.py); past
-        # `timeout_s` a batch fails with TimeoutError.
+        # `timeout_s` a batch fails with TimeoutError, and with `min_replicas`, it fails with
+        # NotReplicated unless that many replicas confirmed it (`OA_REDIS_MIN_REPLICAS`).
         self._accept = ScriptBatcher(
-            redis, load_script("service", "accept-11"), max_batch=ACCEPT_BATCH, timeout_s=timeout_s
+            redis,
+            load_script("service", "accept-11"),
+            max_batch=ACCEPT_BATCH,
+            timeout_s=timeout_s,
+            replicas=min_replicas,
         )
         self._requeue_if_lost = ScriptBatcher(
             redis, load_script("service", "requeue-if-lost-5"), timeout_s=timeout_s

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import uvicorn
 import uvloop
@@ -21,6 +21,7 @@ from service.server import GuardedHttpToolsProtocol
 from service.state import open_runtime
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Iterator
 
     from fastapi import FastAPI
@@ -28,7 +29,17 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 
-def serve(settings: Settings) -> None:
+class BoundSockets(NamedTuple):
+    """Listening sockets bound by a parent (service/processes.py), for one of several API processes.
+
+    `admin` is None in every process but the first: the admin listener is bound once per host.
+    """
+
+    public: socket.socket
+    admin: socket.socket | None
+
+
+def serve(settings: Settings, *, sockets: BoundSockets | None = None) -> None:
     """Run the public and the admin listener in one process until SIGTERM/SIGINT.
 
     Two `uvicorn.Server`s share one event loop (uvloop) and one `Runtime` (service/state.py), each
@@ -37,16 +48,19 @@ def serve(settings: Settings) -> None:
     the guarded protocol, no dispatch per request), and each listener keeps its own connection limit,
     so a busy webhook port cannot starve `/metrics` or the reverse. Both use the guarded protocol.
 
+    With `sockets`, the listeners serve on those instead of binding OA_HOST:OA_PORT and
+    OA_ADMIN_HOST:OA_ADMIN_PORT themselves, and without `sockets.admin` there is no admin listener.
+
     uvicorn's servers each take over SIGINT/SIGTERM and would undo each other's handlers; here the
     process's signals are handled once and stop both: gracefully on the first, at once on a second
     SIGINT, as uvicorn does. The exit status is 0 after a signal, 1 if a listener could not start.
     """
-    started = uvloop.run(_serve_both(settings))
+    started = uvloop.run(_serve_both(settings, sockets))
     if not started:
         raise SystemExit(1)
 
 
-async def _serve_both(settings: Settings) -> bool:
+async def _serve_both(settings: Settings, sockets: BoundSockets | None) -> bool:
     async with open_runtime(settings) as runtime:
         public = _Listener(
             _config(settings, create_app(settings, runtime=runtime), settings.host, settings.port)
@@ -59,11 +73,16 @@ async def _serve_both(settings: Settings) -> bool:
                 settings.admin_port,
             )
         )
-        listeners = (public, admin)
+        bound: list[tuple[_Listener, socket.socket | None]] = [(public, None), (admin, None)]
+        if sockets is not None:
+            bound = [(public, sockets.public)]
+            if sockets.admin is not None:
+                bound.append((admin, sockets.admin))
+        listeners = tuple(listener for listener, _ in bound)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stop, listeners, signum)
-        tasks = [asyncio.create_task(_run(listener)) for listener in listeners]
+        tasks = [asyncio.create_task(_run(listener, sock)) for listener, sock in bound]
         # Whichever stops (a signal, or a port already taken), the other stops too.
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         _stop(listeners, signal.SIGTERM)
@@ -93,11 +112,11 @@ def _config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.C
     )
 
 
-async def _run(listener: uvicorn.Server) -> None:
+async def _run(listener: uvicorn.Server, sock: socket.socket | None) -> None:
     # uvicorn logs why it cannot start (a port taken) and raises SystemExit; the other listener must
     # still stop and the runtime close, so the status is decided in `serve`.
     with contextlib.suppress(SystemExit):
-        await listener.serve()
+        await listener.serve(sockets=None if sock is None else [sock])
 
 
 class _Listener(uvicorn.Server):

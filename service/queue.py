@@ -6,21 +6,36 @@ in the ledger. Jobs are JSON, never pickle: whoever can write to Redis must not 
 run code in the worker.
 
 The Redis clients of the API, the worker and the CLI are made here too (`connect`, `connect_arq`):
-timeouts, TLS defaults, and commands packed in C.
+timeouts, TLS defaults, commands packed in C, and, with Sentinel, a pool that follows the primary.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 import orjson
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.exceptions import DataError
+
+if TYPE_CHECKING:
+    from service.settings import SentinelSettings
 
 QUEUE_NAME = "oa:queue"
 JOB_FUNCTION = "process_event"
@@ -94,6 +109,14 @@ class _Unix(PackedInC, UnixDomainSocketConnection):
     pass
 
 
+class _SentinelTCP(PackedInC, SentinelManagedConnection):
+    pass
+
+
+class _SentinelTLS(PackedInC, SentinelManagedSSLConnection):
+    pass
+
+
 _PACKED_IN_C: dict[type[AbstractConnection], type[AbstractConnection]] = {
     Connection: _TCP,
     SSLConnection: _TLS,
@@ -112,11 +135,15 @@ def connect(
     url: str,
     *,
     timeout_s: float,
+    sentinel: SentinelSettings | None = None,
     max_connections: int | None = None,
     read_timeouts: bool = True,
     health_checks: bool = True,
 ) -> Redis:
     """A redis-py client for `url` (redis://, rediss:// with TLS, unix://; user and password as given).
+
+    With `sentinel`, the client asks the Sentinels for the current primary of that name whenever it
+    opens a connection, and `url` only gives the password, the database and TLS (`follow_primary`).
 
     Socket timeouts bound every call, so an unreachable Redis turns into an error, not a hang.
     `read_timeouts=False` leaves reads unbounded, for a caller that puts one timer around a whole
@@ -125,14 +152,16 @@ def connect(
     connection idle for 30 s, which costs one more getpid() per reply (it reads the loop's clock
     after each); a connection that Redis closed is still replaced when the pool hands it out.
     """
-    client: Redis = Redis.from_url(
-        url,
-        socket_timeout=timeout_s if read_timeouts else None,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=30 if health_checks else 0,
-        max_connections=max_connections,
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s if read_timeouts else None,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30 if health_checks else 0,
+        "max_connections": max_connections,
         **tls_defaults(url),
-    )
+    }
+    if sentinel is not None:
+        return Redis.from_pool(follow_primary(url, sentinel, timeout_s=timeout_s, **options))
+    client: Redis = Redis.from_url(url, **options)
     _pack_in_c(client.connection_pool)
     return client
 
@@ -145,17 +174,64 @@ def tls_defaults(url: str) -> dict[str, bool]:
     return {"ssl_check_hostname": True} if url.startswith("rediss://") else {}
 
 
-def connect_arq(url: str, *, timeout_s: float) -> ArqRedis:
-    """An arq client for the worker, with our JSON serializer.
+def connect_arq(url: str, *, timeout_s: float, sentinel: SentinelSettings | None = None) -> ArqRedis:
+    """An arq client for the worker, with our JSON serializer (and the primary Sentinel names, if given).
 
     Connecting is bounded by `timeout_s`; reads are not: redis-py arms a timer per reply read,
     which on Python 3.11 costs three getpid() system calls each, about 40 per job (a quarter of
     the worker's time, py-spy). The worker's watchdog PINGs instead (workers/main.py).
     """
-    pool = ConnectionPool.from_url(
-        url, socket_timeout=None, socket_connect_timeout=timeout_s, **tls_defaults(url)
-    )
-    _pack_in_c(pool)
+    options: dict[str, Any] = {
+        "socket_timeout": None,
+        "socket_connect_timeout": timeout_s,
+        **tls_defaults(url),
+    }
+    if sentinel is not None:
+        pool: ConnectionPool = follow_primary(url, sentinel, timeout_s=timeout_s, **options)
+    else:
+        pool = _pack_in_c(ConnectionPool.from_url(url, **options))
     return ArqRedis(
         pool, job_serializer=serialize, job_deserializer=deserialize, default_queue_name=QUEUE_NAME
+    )
+
+
+class _PrimaryPool(SentinelConnectionPool):
+    """Sentinel's pool, which also closes its connections to the Sentinels when it is closed."""
+
+    def __init__(self, master: str, manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(master, manager, **kwargs)  # type: ignore[no-untyped-call]  # redis-py is untyped here
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close the pool's connections; a full close (the client's `aclose`) closes the Sentinel ones too."""
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # redis-py passes False when it only drops connections to an old primary
+            for client in self.sentinel_manager.sentinels:
+                await client.aclose()
+
+
+def follow_primary(
+    url: str, sentinel: SentinelSettings, *, timeout_s: float, **options: Any
+) -> ConnectionPool:
+    """A pool whose connections go to the primary that the Sentinels name, whichever it is now.
+
+    Each new connection asks the Sentinels first (the first that answers and sees a primary that is
+    up); a connection to a primary that died fails, and the next one asks again, so clients follow
+    a failover without a restart. A connection to an old primary that came back as a replica fails
+    on its first write (READONLY) and is replaced the same way. The Sentinels themselves are
+    reached without password or TLS, with the same timeouts.
+    """
+    # Host and port come from the Sentinels; the rest of the URL gives user, password, database, TLS.
+    kwargs: dict[str, Any] = dict(parse_url(url))
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    tls = kwargs.pop("connection_class", Connection) is SSLConnection
+    manager = Sentinel(  # type: ignore[no-untyped-call]  # redis-py is untyped here
+        list(sentinel.addresses),
+        sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+    )
+    return _PrimaryPool(
+        sentinel.master,
+        manager,
+        connection_class=_SentinelTLS if tls else _SentinelTCP,
+        **{**options, **kwargs},  # what the URL says wins, as with `Redis.from_url`
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal, NamedTuple, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +24,13 @@ S = TypeVar("S", bound="Settings")
 
 class SettingsError(Exception):
     """The configuration cannot work; the message names the variable to set."""
+
+
+class SentinelSettings(NamedTuple):
+    """Where to ask for the current Redis primary: the Sentinels' addresses and the primary's name."""
+
+    addresses: tuple[tuple[str, int], ...]
+    master: str
 
 
 class Settings(BaseSettings):
@@ -43,6 +50,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REDIS_URL", "redis_url"),
     )
 
+    # Redis with Sentinel: the clients ask these for the current primary of that name
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
+    redis_min_replicas: int = Field(default=0, ge=0)
+
     # HTTP side
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -60,6 +72,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30, gt=0)
     max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
     access_log: bool = False
+    api_processes: int = Field(default=1, ge=1, le=64)
 
     # Worker side
     handlers_package: str = "workers.handlers"
@@ -140,6 +153,29 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        _sentinel_addresses(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_needs_both(self) -> Settings:
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "OA_REDIS_SENTINELS and OA_REDIS_SENTINEL_MASTER go together: set both (or neither)"
+            )
+        if self.redis_sentinels and self.redis_url.get_secret_value().startswith("unix://"):
+            raise ValueError("REDIS_URL: with OA_REDIS_SENTINELS it must start with redis:// or rediss://")
+        return self
+
+    @property
+    def sentinel(self) -> SentinelSettings | None:
+        """The Sentinels to follow the primary through, or None for the one Redis of REDIS_URL."""
+        if not self.redis_sentinels:
+            return None
+        return SentinelSettings(_sentinel_addresses(self.redis_sentinels), self.redis_sentinel_master)
+
     @cached_property
     def secrets(self) -> tuple[bytes, ...]:
         """The configured secrets as the bytes that key the HMAC, in configured order."""
@@ -177,6 +213,17 @@ class OperatorSettings(Settings):
     @classmethod
     def _require_secret(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         return value  # replaces the API's check of the same name: nothing here uses the secret
+
+
+def _sentinel_addresses(value: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` as pairs; `[::1]:26379` for an IPv6 address."""
+    addresses = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"OA_REDIS_SENTINELS: {part!r} is not host:port (e.g. sentinel-1:26379)")
+        addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
+    return tuple(addresses)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -36,11 +36,17 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Make the process's Redis clients (they connect on first use) and close them at the end."""
-    url, timeout_s = settings.redis_url.get_secret_value(), settings.redis_timeout_s
-    redis = queue.connect(url, timeout_s=timeout_s)
+    url, timeout_s, sentinel = (
+        settings.redis_url.get_secret_value(),
+        settings.redis_timeout_s,
+        settings.sentinel,
+    )
+    redis = queue.connect(url, timeout_s=timeout_s, sentinel=sentinel)
     # The ledger's own connections: its batcher bounds each pipeline with one timer, and no
     # per-reply clock reads (4 us of CPU per request less, interleaved runs).
-    ingest_redis = queue.connect(url, timeout_s=timeout_s, read_timeouts=False, health_checks=False)
+    ingest_redis = queue.connect(
+        url, timeout_s=timeout_s, sentinel=sentinel, read_timeouts=False, health_checks=False
+    )
     try:
         yield Runtime(
             settings=settings,
@@ -50,6 +56,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 queue_expiry_ms=settings.queue_expiry_ms,
                 retention_s=settings.retention_s,
                 timeout_s=timeout_s,
+                min_replicas=settings.redis_min_replicas,
             ),
         )
     finally:

@@ -25,7 +25,12 @@ class RedisServer:
     """One redis-server process with its data in `directory`, AOF on with the given fsync policy."""
 
     def __init__(
-        self, directory: Path, *, appendfsync: str = "everysec", password: str | None = None
+        self,
+        directory: Path,
+        *,
+        appendfsync: str = "everysec",
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -34,6 +39,7 @@ class RedisServer:
         self.directory = directory
         self.appendfsync = appendfsync
         self.password = password
+        self.extra_args = extra_args
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -61,6 +67,7 @@ class RedisServer:
             *durable_redis_args(appendfsync=self.appendfsync),
             "--logfile",
             str(self.directory / "redis.log"),
+            *self.extra_args,
         ]
         if self.password:
             args += ["--requirepass", self.password]

@@ -34,6 +34,7 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
         "ingest_limit_rps",
         "ingest_naive_rps",
         "ingest_rps",
+        "ingest_rps_2proc",
         "ratio_C_A",
         "ratio_C_B",
         "worker_events_per_s",

@@ -62,4 +62,24 @@ def test_only_the_webhook_port_is_public_and_the_admin_port_is_on_loopback(compo
     assert api["environment"]["OA_ADMIN_HOST"] == "0.0.0.0"  # noqa: S104 - inside the stack's networks
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
-            assert port == "8000:8000" or port.startswith("127.0.0.1:") or name == "grafana", (name, port)
+            webhook = port == "8000:8000" or (name == "api-ha" and port == "8010:8000")
+            assert webhook or port.startswith("127.0.0.1:") or name == "grafana", (name, port)
+
+
+HA_NODES = ("redis-primary", "redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def test_ha_profile_keeps_redis_private_and_its_api_beside_the_main_one(compose: dict[str, Any]) -> None:
+    """Profile ha: nodes and Sentinels on `internal` only, no port; api-ha 8010 and admin 127.0.0.1:8011."""
+    services = compose["services"]
+    for name in HA_NODES:
+        assert services[name]["profiles"] == ["ha"]
+        assert _networks(services[name]) == {"internal"}, name
+        assert "ports" not in services[name], name
+    for name in ("api-ha", "worker-ha"):
+        assert _networks(services[name]) == {"internal", "egress"}, name
+        assert services[name]["environment"]["OA_REDIS_SENTINEL_MASTER"] == "oa"
+        assert services[name]["environment"]["OA_REDIS_MIN_REPLICAS"] == "1"
+    assert services["api-ha"]["ports"] == ["8010:8000", "127.0.0.1:8011:8001"]
+    assert services["api-ha"]["environment"]["OA_ADMIN_HOST"] == "0.0.0.0"  # noqa: S104 - inside the stack
+    assert "ports" not in services["worker-ha"]

@@ -257,7 +257,9 @@ async def serve(settings: Settings) -> None:
     async with handler_http_client(settings) as http:
         while not stopper.stopping.is_set():
             redis = queue.connect_arq(
-                settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s
+                settings.redis_url.get_secret_value(),
+                timeout_s=settings.redis_timeout_s,
+                sentinel=settings.sentinel,
             )
             previous = stopper.worker
             stopper.worker = build_worker(settings, redis, http=http, worker_id=worker_id)

@@ -24,12 +24,12 @@ app.command("status")(status.status)
 
 @app.command()
 def api() -> None:
-    """Serve the webhook endpoint (uvicorn) on OA_HOST:OA_PORT."""
-    from service.listeners import serve  # noqa: PLC0415 - only this command needs uvicorn
+    """Serve the webhook endpoint (uvicorn) on OA_HOST:OA_PORT, in OA_API_PROCESSES processes."""
+    from service.processes import run_api  # noqa: PLC0415 - only this command needs uvicorn
 
     settings = load_settings_or_exit()
     configure(level=settings.log_level, fmt=settings.log_format)
-    serve(settings)
+    run_api(settings)
 
 
 @app.command()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlparse
 
 import httpx
@@ -22,6 +22,9 @@ from redis.exceptions import RedisError
 
 from service.cli.supervise import WorkerSupervisor
 from service.settings import load_settings_or_exit
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 # The same commands as docker-compose.yml's `api` and `worker` services, from this virtualenv
 # (make runs us without activating it).
@@ -127,7 +130,8 @@ def run() -> None:
     _ensure_env_file()
     settings = load_settings_or_exit()
     url = settings.redis_url.get_secret_value()
-    redis_process = None if _redis_answers(url) else _start_redis(url)
+    # With Sentinel, REDIS_URL names no server to check or start: the Sentinels know the primary.
+    redis_process = None if settings.sentinel or _redis_answers(url) else _start_redis(url)
     api = subprocess.Popen(API_COMMAND)
     worker = WorkerSupervisor(WORKER_COMMAND)
     worker.start()
@@ -165,7 +169,7 @@ def healthcheck(
     if target == "api":
         ok = _api_alive(settings.port, settings.admin_host, settings.admin_port)
     elif target == "worker":
-        ok = asyncio.run(_worker_alive(settings.redis_url.get_secret_value(), settings.heartbeat_interval_s))
+        ok = asyncio.run(_worker_alive(settings))
     else:
         raise typer.BadParameter("expected 'api' or 'worker'")
     raise typer.Exit(0 if ok else 1)
@@ -188,11 +192,12 @@ def _api_alive(port: int, admin_host: str, admin_port: int) -> bool:
     return public_ok and admin_ok
 
 
-async def _worker_alive(url: str, interval_s: float) -> bool:
+async def _worker_alive(settings: Settings) -> bool:
     from service import queue  # noqa: PLC0415
     from service.stats import WORKERS_KEY  # noqa: PLC0415
 
-    client = queue.connect(url, timeout_s=3)
+    interval_s = settings.heartbeat_interval_s
+    client = queue.connect(settings.redis_url.get_secret_value(), timeout_s=3, sentinel=settings.sentinel)
     try:
         fresh = await client.zrangebyscore(WORKERS_KEY, time.time() * 1000 - interval_s * 3000, "+inf")
     except (RedisError, OSError):

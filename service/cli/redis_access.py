@@ -1,4 +1,4 @@
-"""How the operator commands (`status`, `dlq`) reach Redis: no webhook secret needed, one client a run."""
+"""How the operator commands (`status`, `dlq`, `events`) reach Redis: no webhook secret, one client a run."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ def operator_settings() -> OperatorSettings:
 
 @asynccontextmanager
 async def operator_redis(settings: Settings) -> AsyncIterator[Redis]:
-    """A Redis client for one command, closed when it is done."""
-    redis = queue.connect(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
+    """A Redis client for one command, closed when it is done; with Sentinel, on the current primary."""
+    redis = queue.connect(
+        settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s, sentinel=settings.sentinel
+    )
     try:
         yield redis
     finally:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 PUBLIC, ADMIN = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
+PUBLIC_HA, ADMIN_HA = "http://127.0.0.1:8010", "http://127.0.0.1:8011"  # the `ha` profile's api-ha
+HA_NODES = ("redis-primary", "redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3")
 NO_PULL = ["--pull", "never"]  # no image registry is reachable, and none may be tried
 EVENT_TYPES = list(SAMPLES)  # every documented type
 HANDLER_TEMPLATE = '''"""compose-test: tell the CRM outside the stack about every event (removed after)."""
@@ -65,11 +67,11 @@ class Run:
         """`docker compose ARGS` in the checkout, as a user types it."""
         return host.sh("docker", "compose", *args, check=check, cwd=ROOT)
 
-    def post(self, event_type: str, event_id: str) -> httpx.Response:
-        """A signed event of `event_type`, sent to the published webhook port."""
+    def post(self, event_type: str, event_id: str, *, base: str = PUBLIC) -> httpx.Response:
+        """A signed event of `event_type`, sent to the published webhook port (`base`)."""
         body = sample_body(event_type, event_id=event_id)
         headers = {"content-type": "application/json", SIGNATURE_HEADER: sign(body, self.secret.encode())}
-        return httpx.post(PUBLIC + "/webhooks/offerte-adviseur", content=body, headers=headers, timeout=10)
+        return httpx.post(base + "/webhooks/offerte-adviseur", content=body, headers=headers, timeout=10)
 
     def add_handler(self, name: str, path: str) -> None:
         """Write a handler module into workers/handlers/ that POSTs every event to the CRM's `path`."""
@@ -267,12 +269,28 @@ def step_9_monitoring_profile(run: Run) -> None:
     assert "api:8001" in (ROOT / "deploy/monitoring/prometheus.yml").read_text(encoding="utf-8")
 
 
+def step_10_ha_profile(run: Run) -> None:
+    """10. the ha profile: valid, Redis private; up, an event to api-ha handled via Sentinel, removed."""
+    run.compose("--profile", "ha", "config", "-q")
+    services = json.loads(run.compose("--profile", "ha", "config", "--format", "json"))["services"]
+    for name in HA_NODES:
+        assert list(services[name]["networks"]) == ["internal"], f"{name} must be on `internal` only"
+        assert not services[name].get("ports"), f"{name} must publish no port"
+    published = {(p.get("host_ip", ""), p["published"]) for p in services["api-ha"]["ports"]}
+    assert published == {("", "8010"), ("127.0.0.1", "8011")}, published
+    run.compose("--profile", "ha", "up", "-d", "--wait", *NO_PULL, "api-ha", "worker-ha")
+    assert httpx.get(ADMIN_HA + "/readyz", timeout=5).status_code == 200
+    ids = {"s10-ha"}
+    assert run.post("lead.paid", "s10-ha", base=PUBLIC_HA).status_code == 202
+    run.wait_handled(ids)
+    run.compose("--profile", "ha", "rm", "--stop", "--force", "-v", "api-ha", "worker-ha", *HA_NODES)
+
+
 def clean_up(run: Run) -> None:
     """Clean up: containers, networks, volume, namespace, handler modules, .env, dockerd."""
     if shutil.which("docker") and (run.daemon is None or run.daemon.poll() is None):
-        run.compose(
-            "--profile", "monitoring", "down", "--volumes", "--remove-orphans", "--timeout", "5", check=False
-        )
+        profiles = ["--profile", "monitoring", "--profile", "ha"]
+        run.compose(*profiles, "down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
         # Images that a rebuild untagged (ours carry this label); the current image stays cached.
         label = "label=org.opencontainers.image.title=oa-webhooks"
         host.sh("docker", "image", "prune", "--force", "--filter", label, check=False)
@@ -300,6 +318,7 @@ STEPS = [
     step_7_redis_killed,
     step_8_down_and_up,
     step_9_monitoring_profile,
+    step_10_ha_profile,
 ]
 
 

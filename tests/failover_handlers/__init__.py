@@ -1,0 +1,1 @@
+"""The handler package of the failover drill (tests/failover_drill.py): one probe that notes each run."""
