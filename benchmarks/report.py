@@ -187,7 +187,8 @@ def table(s: dict[str, Any]) -> str:
     ]
     if zero["F"]:
         f = zero["F"]
-        rows.insert(13, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
+        after_c = next(i for i, row in enumerate(rows) if row[0].startswith("G  C:")) + 1
+        rows.insert(after_c, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
         f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, C2, O, E), F and H once; one",
