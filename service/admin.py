@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from service import console, metrics, monitoring
-from service.app import EXCEPTION_HANDLERS
+from service.app import PLAIN_APP
 from service.state import attach_runtime
 
 if TYPE_CHECKING:
@@ -34,15 +34,7 @@ def create_admin_app(settings: Settings | None = None, *, runtime: Runtime | Non
             console.log_state(attached.settings)
             yield
 
-    app = FastAPI(
-        title="oa-webhooks admin",
-        lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        redirect_slashes=False,
-    )
+    app = FastAPI(title="oa-webhooks admin", lifespan=lifespan, **PLAIN_APP)
     app.router.routes.extend(
         [
             Route("/readyz", monitoring.readyz, methods=["GET"], name="readyz"),

@@ -69,10 +69,20 @@ class _WebhookRoute:
         await _webhook(scope["app"], scope, receive, send)
 
 
-# FastAPI's own handlers answer in its shape; these answer in ours. The admin app uses them too.
+# FastAPI's own handlers answer in its shape; these answer in ours.
 EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
     HTTPException: _http_error,
     Exception: _internal_error,
+}
+
+# Both apps: JSON errors, no /docs, /redoc or /openapi.json, and no redirect from a trailing slash;
+# exactly the routes each one lists.
+PLAIN_APP: dict[str, Any] = {
+    "exception_handlers": EXCEPTION_HANDLERS,
+    "docs_url": None,
+    "redoc_url": None,
+    "openapi_url": None,
+    "redirect_slashes": False,
 }
 
 
@@ -97,16 +107,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             logs.buffer_on(asyncio.get_running_loop())
             yield
 
-    # No /docs, /redoc or /openapi.json, and no redirect from a trailing slash: one exact endpoint.
-    app = ReceiverApp(
-        title="Offerte Adviseur webhook receiver",
-        lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        redirect_slashes=False,
-    )
+    app = ReceiverApp(title="Offerte Adviseur webhook receiver", lifespan=lifespan, **PLAIN_APP)
     app.router.routes.extend(
         [
             Route(ingest.PATH, _WebhookRoute(), methods=["POST"], name="receive_webhook"),
