@@ -1,0 +1,113 @@
+"""Seams between event history, per-lead ordering and signals, driven in-process against a real Redis.
+
+Each test names a bug found in review: the scenario crosses the replay, claim, finish and lag
+scripts, which were built on separate branches.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from arq.constants import in_progress_key_prefix
+from redis import Redis
+
+from service import queue
+from service.dlq import DeadLetters
+from service.envelope import parse_envelope
+from service.held import HELD_KEY
+from service.ledger import Ledger, event_key
+from service.replay import Replayer
+from service.stats import read_snapshot
+from tests.test_order import Driver, Seen, _body, _register
+from workers import Context, Event, PermanentError, registry
+
+pytestmark = pytest.mark.usefixtures("clean_registry")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _accept_at(
+    ctx: dict[str, Any], event_id: str, event_type: str, *, at_ms: int, **payload: Any
+) -> None:
+    ledger = Ledger(ctx["redis"], queue_expiry_ms=600_000, retention_s=3600)
+    body = _body(event_id, event_type, **payload)
+    await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=at_ms)
+
+
+async def test_a_woken_held_event_does_not_report_its_hold_as_queue_lag(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Bug: the wake re-scores a held event to its receipt time, so the lag signal counts the hold."""
+    seen: Seen = []
+    fixed: list[bool] = []
+
+    def fail(event: Event, ctx: Context) -> bool:
+        if event.type == "lead.created" and not fixed:
+            raise PermanentError("CRM refuses")
+        return False
+
+    _register("mirror", "lead.*", seen=seen, ordered=True, fail=fail)
+    hour_ago = _now_ms() - 3_600_000
+    await _accept_at(worker_ctx, "c1", "lead.created", at_ms=hour_ago, lead_id=1)
+    await _accept_at(worker_ctx, "s1", "lead.sold", at_ms=hour_ago + 1, lead_id=1)
+    driver = Driver(worker_ctx, redis_sync)
+    await driver.drain()
+    assert redis_sync.zrange(HELD_KEY, 0, -1) == [b"s1"]
+    fixed.append(True)
+    dlq = DeadLetters(worker_ctx["redis"], retention_s=3600, queue_expiry_ms=600_000)
+    await dlq.replay("c1", now_ms=_now_ms())
+    # Run only the replayed c1: its finish wakes s1, which is now due and waiting for a worker.
+    jobs = await driver.claim()
+    assert [job.id for job in jobs] == ["c1"]
+    await driver.run(jobs[0])
+    snapshot = await read_snapshot(worker_ctx["redis"], heartbeat_interval_s=5)
+    assert snapshot.oldest_ready_age_s < 60, "s1 became due seconds ago, not an hour ago"
+
+
+async def test_a_replayed_ordered_handler_does_not_run_beside_a_later_event_of_its_lead(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Bug: replay --handler of an ordered handler is claimed while a later event of its lead runs it."""
+    seen: Seen = []
+    name = _register("mirror", "lead.*", seen=seen, ordered=True)
+    now = _now_ms()
+    await _accept_at(worker_ctx, "c1", "lead.created", at_ms=now - 10, lead_id=1)
+    driver = Driver(worker_ctx, redis_sync)
+    await driver.drain()
+    assert redis_sync.hget(event_key("c1"), "state") == b"done"
+    await _accept_at(worker_ctx, "s1", "lead.sold", at_ms=_now_ms(), lead_id=1)
+    running = await driver.claim()
+    assert [job.id for job in running] == ["s1"]  # claimed: mirror runs s1 now
+    replayer = Replayer(worker_ctx["redis"], queue_expiry_ms=600_000)
+    await replayer.replay("c1", handler=name)
+    claimed = await driver.claim()
+    assert redis_sync.exists(in_progress_key_prefix + "s1") == 1
+    assert [job.id for job in claimed] == [], "mirror would run c1 and s1 of lead 1 at once"
+
+
+async def test_a_held_event_leaves_oa_held_once_its_handler_is_no_longer_ordered(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Bug: the claim's early return (no ordered handler keys the event) never clears oa:held/held_by."""
+    seen: Seen = []
+
+    def fail(event: Event, ctx: Context) -> bool:
+        return event.type == "lead.created"
+
+    _register("mirror", "lead.*", seen=seen, ordered=True, fail=fail, max_tries=1)
+    await _accept_at(worker_ctx, "c1", "lead.created", at_ms=_now_ms() - 10, lead_id=1)
+    await _accept_at(worker_ctx, "s1", "lead.sold", at_ms=_now_ms(), lead_id=1)
+    await Driver(worker_ctx, redis_sync).drain()
+    assert redis_sync.zrange(HELD_KEY, 0, -1) == [b"s1"]
+    # The fix deployed: mirror no longer asks for order; a second, ordered handler keeps the order on.
+    registry._handlers.clear()
+    _register("mirror", "lead.*", seen=seen)
+    _register("audit", "invoice.*", seen=seen, ordered=True)
+    redis_sync.zadd(queue.QUEUE_NAME, {"s1": _now_ms() - 1})
+    await Driver(worker_ctx, redis_sync).drain()
+    assert redis_sync.hget(event_key("s1"), "state") == b"done"
+    assert redis_sync.zcard(HELD_KEY) == 0, "a done event is still counted as held"
