@@ -74,12 +74,18 @@ local function blocker(h, key, seq)
   end
 end
 
+-- An event that no longer waits behind a dead one leaves oa:held and loses its reason.
+local function unhold(id, key)
+  if redis.call('ZREM', KEYS[2], id) == 1 then redis.call('HDEL', key, 'held_by') end
+end
+
 -- Run the event now (true, waiting handler names), or not yet (false, the score to wait until).
 local function decide(id)
   local key = order.event .. id
   local e = redis.call('HMGET', key, 'type', 'seq', 'state', 'lead_id', 'invoice_id')
   local event_type, seq, state = e[1], e[2], e[3]
   if not event_type or not seq or state == 'done' or state == 'dead' or state == 'purged' then
+    unhold(id, key)
     return true, {}
   end
   local ids = {lead_id = e[4], invoice_id = e[5]}
@@ -91,7 +97,11 @@ local function decide(id)
       if h.k and ids[h.k] then keyed = true end
     end
   end
-  if not keyed then return true, {} end
+  -- A held event whose handlers no longer ask for order (a deploy changed them) is not held.
+  if not keyed then
+    unhold(id, key)
+    return true, {}
+  end
   local states = redis.call('HMGET', key, unpack(fields))
   local run, waiting, next_ms, held = false, {}, nil, nil
   for j, h in ipairs(mine) do
@@ -117,8 +127,8 @@ local function decide(id)
   if held then
     redis.call('ZADD', KEYS[2], 'NX', now, id)
     redis.call('HSET', key, 'held_by', held)
-  elseif redis.call('ZREM', KEYS[2], id) == 1 then
-    redis.call('HDEL', key, 'held_by')
+  else
+    unhold(id, key)
   end
   if run or (#waiting == 0 and not next_ms) then return true, waiting end
   if #waiting > 0 then
