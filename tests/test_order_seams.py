@@ -6,6 +6,7 @@ scripts, which were built on separate branches.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from service import queue
 from service.dlq import DeadLetters
 from service.envelope import parse_envelope
 from service.held import HELD_KEY
+from service.history import Filters, list_events
 from service.ledger import Ledger, event_key
 from service.replay import Replayer
 from service.stats import read_snapshot
@@ -111,3 +113,30 @@ async def test_a_held_event_leaves_oa_held_once_its_handler_is_no_longer_ordered
     await Driver(worker_ctx, redis_sync).drain()
     assert redis_sync.hget(event_key("s1"), "state") == b"done"
     assert redis_sync.zcard(HELD_KEY) == 0, "a done event is still counted as held"
+
+
+async def test_a_dead_letter_past_the_retention_still_holds_its_lead_and_is_listed_by_lead(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Bug: the lead index key's EXPIRE drops a dead letter that trim keeps, so the hold lapses silently."""
+    seen: Seen = []
+
+    def fail(event: Event, ctx: Context) -> bool:
+        return event.type == "lead.created"
+
+    _register("mirror", "lead.*", seen=seen, ordered=True, fail=fail, max_tries=1)
+    # A one-second retention stands for OA_RETENTION_DAYS with no new event of the lead meanwhile.
+    ledger = Ledger(worker_ctx["redis"], queue_expiry_ms=600_000, retention_s=1)
+    for event_id, event_type in (("c1", "lead.created"), ("s1", "lead.sold")):
+        body = _body(event_id, event_type, lead_id=1)
+        await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=_now_ms())
+    driver = Driver(worker_ctx, redis_sync)
+    await driver.drain()
+    assert redis_sync.hget(event_key("c1"), "state") == b"dead"
+    assert redis_sync.zrange(HELD_KEY, 0, -1) == [b"s1"]
+    await asyncio.sleep(1.2)
+    listed = [e.id for e in (await list_events(worker_ctx["redis"], Filters(lead="1"))).events]
+    assert "c1" in listed, "trim keeps a dead letter findable by lead; the key's expiry does not"
+    redis_sync.zadd(queue.QUEUE_NAME, {"s1": _now_ms() - 1})
+    await driver.drain()
+    assert seen == [], "lead.sold ran although lead.created is still dead and mirror holds on dead"
