@@ -140,3 +140,19 @@ async def test_a_dead_letter_past_the_retention_still_holds_its_lead_and_is_list
     redis_sync.zadd(queue.QUEUE_NAME, {"s1": _now_ms() - 1})
     await driver.drain()
     assert seen == [], "lead.sold ran although lead.created is still dead and mirror holds on dead"
+
+
+async def test_a_replay_restricted_to_another_handler_does_not_make_the_ordered_one_wait(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Bug: s1's mirror waits for c1's replay --handler audit, which never runs mirror nor wakes s1."""
+    seen: Seen = []
+    audit = _register("audit", "lead.*", seen=seen)
+    await _accept_at(worker_ctx, "c1", "lead.created", at_ms=_now_ms() - 10, lead_id=1)
+    await Driver(worker_ctx, redis_sync).drain()
+    # mirror is deployed later; c1 is replayed for audit only, so mirror never runs on c1.
+    _register("mirror", "lead.*", seen=seen, ordered=True)
+    await Replayer(worker_ctx["redis"], queue_expiry_ms=600_000).replay("c1", handler=audit)
+    await _accept_at(worker_ctx, "s1", "lead.sold", at_ms=_now_ms(), lead_id=1)
+    jobs = {job.id: job.waiting for job in await Driver(worker_ctx, redis_sync).claim()}
+    assert jobs == {"c1": (), "s1": ()}, "mirror of s1 waits for a run of c1 that leaves mirror out"
