@@ -48,23 +48,35 @@ local function handler_state(raw)
   return cjson.decode(raw).state
 end
 
+-- Whether a replay restricted to `only` (its `replay_only` field, a JSON list) runs handler n.
+local function replays(only, n)
+  for _, name in ipairs(cjson.decode(only)) do
+    if name == n then return true end
+  end
+  return false
+end
+
 -- The nearest earlier event of this key that handler h has not finished (nil if none), and whether
 -- it holds the key: it is dead (and h holds on dead), or it waits behind one that does. The walk
 -- stops at the first earlier event that h has done: h ran that one in order, so everything before
 -- it was finished then. An earlier event that is gone, purged, done, dead for h with on_dead=skip,
--- or dead without h ever running (h did not exist then) is finished.
+-- dead without h ever running (h did not exist then), or replayed for other handlers only while h
+-- has no record on it, is finished.
 local function blocker(h, key, seq)
   local index, offset = h.i .. key, 0
   while true do
     local ids = redis.call('ZREVRANGEBYSCORE', index, '(' .. seq, '-inf', 'LIMIT', offset, 16)
     for _, pid in ipairs(ids) do
-      local p = redis.call('HMGET', order.event .. pid, 'type', 'state', 'h:' .. h.n)
+      local p = redis.call('HMGET', order.event .. pid, 'type', 'state', 'h:' .. h.n, 'replay_only')
       if p[1] and p[2] ~= 'purged' and matches(h.p, p[1]) then
         local s = handler_state(p[3])
         if s == 'done' then return nil, false end
+        -- A replay restricted to other handlers leaves out h without a record (begin-1): h will
+        -- not run on it, so it is finished for h, as a done event that h never ran.
+        local left_out = not s and p[4] and not replays(p[4], h.n)
         if s == 'dead' then
           if not h.skip then return pid, true end
-        elseif s == 'pending' or (p[2] ~= 'done' and p[2] ~= 'dead') then
+        elseif s == 'pending' or (not left_out and p[2] ~= 'done' and p[2] ~= 'dead') then
           return pid, redis.call('ZSCORE', KEYS[2], pid) ~= false
         end
       end
@@ -74,12 +86,18 @@ local function blocker(h, key, seq)
   end
 end
 
+-- An event that no longer waits behind a dead one leaves oa:held and loses its reason.
+local function unhold(id, key)
+  if redis.call('ZREM', KEYS[2], id) == 1 then redis.call('HDEL', key, 'held_by') end
+end
+
 -- Run the event now (true, waiting handler names), or not yet (false, the score to wait until).
 local function decide(id)
   local key = order.event .. id
   local e = redis.call('HMGET', key, 'type', 'seq', 'state', 'lead_id', 'invoice_id')
   local event_type, seq, state = e[1], e[2], e[3]
   if not event_type or not seq or state == 'done' or state == 'dead' or state == 'purged' then
+    unhold(id, key)
     return true, {}
   end
   local ids = {lead_id = e[4], invoice_id = e[5]}
@@ -91,7 +109,11 @@ local function decide(id)
       if h.k and ids[h.k] then keyed = true end
     end
   end
-  if not keyed then return true, {} end
+  -- A held event whose handlers no longer ask for order (a deploy changed them) is not held.
+  if not keyed then
+    unhold(id, key)
+    return true, {}
+  end
   local states = redis.call('HMGET', key, unpack(fields))
   local run, waiting, next_ms, held = false, {}, nil, nil
   for j, h in ipairs(mine) do
@@ -117,8 +139,8 @@ local function decide(id)
   if held then
     redis.call('ZADD', KEYS[2], 'NX', now, id)
     redis.call('HSET', key, 'held_by', held)
-  elseif redis.call('ZREM', KEYS[2], id) == 1 then
-    redis.call('HDEL', key, 'held_by')
+  else
+    unhold(id, key)
   end
   if run or (#waiting == 0 and not next_ms) then return true, waiting end
   if #waiting > 0 then

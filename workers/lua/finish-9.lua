@@ -39,8 +39,9 @@ if a.ordered then
       local key = a.event .. waiter
       local received = redis.call('HGET', key, 'received_ms')
       if received then
-        -- Back to its place at the head of the queue, if it is queued and not already due sooner.
-        redis.call('ZADD', KEYS[9], 'XX', 'LT', received, waiter)
+        -- Due now, if it is queued and not already due sooner. Not back at its receipt time: the
+        -- queue's lag (oldest due entry not running) would then count the wait as backlog.
+        redis.call('ZADD', KEYS[9], 'XX', 'LT', now, waiter)
         if redis.call('EXISTS', a.in_progress .. waiter) == 1 then redis.call('HSET', key, 'woken', '1') end
       end
     end
