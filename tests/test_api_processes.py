@@ -78,23 +78,25 @@ def test_two_processes_share_the_port(two_processes: tuple[Service, int]) -> Non
     assert service.process is not None
     children = _children(service.process.pid)
 
-    async def run() -> tuple[list[int], dict[int, int]]:
-        seen, release = asyncio.Event(), asyncio.Event()
-        holder = asyncio.create_task(_hold_connections(port, 40, seen, release))
-        await seen.wait()
-        counts: dict[int, int] = {}
-        for _ in range(200):  # until all 40 answered and are held open
-            counts = {pid: _connections_of(pid, port) for pid in children}
-            if sum(counts.values()) == 40:
-                break
-            await asyncio.sleep(0.05)
-        release.set()
-        return await holder, counts
-
-    statuses, counts = asyncio.run(run())
+    statuses, counts = asyncio.run(_spread(port, children))
     assert statuses == [202] * 40
     assert sum(counts.values()) == 40, counts
     assert all(n > 0 for n in counts.values()), f"one process got every connection: {counts}"
+
+
+async def _spread(port: int, children: list[int]) -> tuple[list[int], dict[int, int]]:
+    """Post 40 webhooks on 40 held connections; their statuses, and how many each child process holds."""
+    seen, release = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(_hold_connections(port, 40, seen, release))
+    await seen.wait()
+    counts: dict[int, int] = {}
+    for _ in range(200):  # until all 40 answered and are held open
+        counts = {pid: _connections_of(pid, port) for pid in children}
+        if sum(counts.values()) == 40:
+            break
+        await asyncio.sleep(0.05)
+    release.set()
+    return await holder, counts
 
 
 def _counter(metrics: str, name: str) -> float:
@@ -112,20 +114,7 @@ def test_admin_listener_is_bound_once_and_counts_its_own_process(two_processes: 
     admin_pid = next(pid for pid, n in listening.items() if n == 1)
     assert all(_connections_of(pid, port, "0A") == 1 for pid in children)  # each its own public socket
 
-    async def run() -> tuple[list[int], dict[int, int]]:
-        seen, release = asyncio.Event(), asyncio.Event()
-        holder = asyncio.create_task(_hold_connections(port, 40, seen, release))
-        await seen.wait()
-        counts: dict[int, int] = {}
-        for _ in range(200):
-            counts = {pid: _connections_of(pid, port) for pid in children}
-            if sum(counts.values()) == 40:
-                break
-            await asyncio.sleep(0.05)
-        release.set()
-        return await holder, counts
-
-    statuses, counts = asyncio.run(run())
+    statuses, counts = asyncio.run(_spread(port, children))
     assert statuses == [202] * 40
     assert sum(counts.values()) == 40, counts
     assert 0 < counts[admin_pid] < 40, counts  # both processes took webhooks
