@@ -58,6 +58,14 @@ _EVENT_COUNTERS = {
 _METRIC_NAMES = {"failed": "dead_lettered"}
 
 
+def _counters(name: str, doc: str, label: str, counts: dict[str, int]) -> Metric:
+    """One counter family with one label: a series per key of `counts`, in key order."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
 def _histogram(
     name: str, doc: str, raw: dict[str, float], buckets: tuple[float, ...], labels: list[str]
 ) -> Metric:
@@ -115,34 +123,25 @@ class SnapshotCollector(Collector):
         ):
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         for name, doc in _EVENT_COUNTERS.items():
-            family = CounterMetricFamily(
-                f"{PREFIX}_events_{_METRIC_NAMES.get(name, name)}", doc, labels=["type"]
-            )
-            for event_type, count in sorted(s.per_type(name).items()):
-                family.add_metric([event_type], count)
-            yield family
-        mismatches = CounterMetricFamily(
-            f"{PREFIX}_payload_mismatch",
+            yield _counters(f"events_{_METRIC_NAMES.get(name, name)}", doc, "type", s.per_type(name))
+        yield _counters(
+            "payload_mismatch",
             "Events whose payload did not fit their type's model (handlers got the plain Payload), by type.",
-            labels=["type"],
+            "type",
+            s.per_type("payload_mismatch"),
         )
-        for event_type, count in sorted(s.per_type("payload_mismatch").items()):
-            mismatches.add_metric([event_type], count)
-        yield mismatches
         yield CounterMetricFamily(
             f"{PREFIX}_duplicates", "Redeliveries answered 200.", value=s.total("duplicate")
         )
         yield CounterMetricFamily(
             f"{PREFIX}_conflicts", "Reused ids with another body (409).", value=s.total("conflict")
         )
-        secrets = CounterMetricFamily(
-            f"{PREFIX}_secret_matches",
+        yield _counters(
+            "secret_matches",
             "Accepted events by the position (0-based) of the secret that verified them.",
-            labels=["secret_index"],
+            "secret_index",
+            s.per_type("secret"),
         )
-        for index, count in sorted(s.per_type("secret").items()):
-            secrets.add_metric([index], count)
-        yield secrets
         yield _histogram(
             f"{PREFIX}_handler_duration_seconds",
             "Handler run time, by event type and handler.",
