@@ -156,6 +156,18 @@ class Topology:
             time.sleep(0.1)
         raise RuntimeError(f"the primary did not get {count} replicas online; see {self.directory}")
 
+    def role_of(self, port: int) -> bytes | None:
+        """`master` or `slave` for the server on `port`, asked on a new connection; None if it did not answer.
+
+        Sentinel's reconfiguration of a server ends its clients' connections (CLIENT KILL TYPE normal),
+        so a poll on one kept connection can meet a reset while the failover it waits for goes on.
+        """
+        try:
+            with self.server_on(port).client() as client:
+                return bytes(client.role()[0])
+        except RedisError:
+            return None
+
     def server_on(self, port: int) -> RedisServer:
         """The server listening on `port`."""
         return next(s for s in self.servers if s.port == port)

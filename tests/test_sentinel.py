@@ -105,8 +105,7 @@ async def test_clients_follow_a_failover(topology: Topology) -> None:
         # Until the old primary is told to follow the new one it still takes writes, which it then
         # drops (asynchronous replication: what OA_REDIS_MIN_REPLICAS guards ingest against). Our
         # clients still hold connections to it; their next write meets READONLY and reconnects.
-        with topology.server_on(before).client() as old:
-            wait_for(lambda: old.role()[0] == b"slave", timeout_s=15, what="the old primary to follow")
+        wait_for(lambda: topology.role_of(before) == b"slave", timeout_s=15, what="the old primary to follow")
         await _write_until_it_works(api, "after", timeout_s=10)
         await _write_until_it_works(worker, "after_arq", timeout_s=10)
         with topology.server_on(after).client() as primary:
