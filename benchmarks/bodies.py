@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.cli.sender import SAMPLES
-from service.signature import SIGNATURE_HEADER, sign
+from service.api.signature import SIGNATURE_HEADER, sign
+from service.ops.cli.sender import SAMPLES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -2,7 +2,7 @@
 path, indexes and all) and stay; then a first page of `events list --type T --since 1h` and a
 `--lead N` timeline are timed, alternately, `history_queries` times each.
 
-The queries are the calls the CLI and the console make (service/history.py), timed around the
+The queries are the calls the CLI and the console make (service/store/history.py), timed around the
 call on a client in this process: Redis and the query layer, not a CLI process's start-up.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from benchmarks.bodies import lead_of
-from service import queue
-from service.cli.sender import SAMPLES
-from service.history import Filters, lead_timeline, list_events
+from service.ops.cli.sender import SAMPLES
+from service.store import queue
+from service.store.history import Filters, lead_timeline, list_events
 
 if TYPE_CHECKING:
     from benchmarks.measures import LoadResult

@@ -17,7 +17,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from fastapi import FastAPI, HTTPException, Request
 
-from service.signature import SIGNATURE_HEADER
+from service.api.signature import SIGNATURE_HEADER
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -17,9 +17,9 @@ from benchmarks import bare_arq, raw_load
 from benchmarks.bodies import signed
 from benchmarks.measures import LoadResult, Runs, Tally, drain_rate
 from benchmarks.stack import data_memory, start_worker
-from service.ingest import PATH
-from service.ledger import PENDING_KEY, STATS_KEY
-from service.stats import WORKERS_KEY
+from service.api.ingest import PATH
+from service.store.ledger import PENDING_KEY, STATS_KEY
+from service.store.stats import WORKERS_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

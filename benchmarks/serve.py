@@ -1,7 +1,7 @@
 """Serve A (`raw`) or B (`naive`) through `oa-webhooks api` itself, with only the application swapped.
 
 `oa-webhooks api` chooses every uvicorn setting (HTTP protocol, limits, timeouts, logging; today in
-service/listeners.py and service/server.py). Swapping the public app's factory there keeps each of
+service/api/listeners.py and service/api/server.py). Swapping the public app's factory there keeps each of
 them, whatever the command passes, and replaces the app alone: A, B and C then differ in nothing
 else (the admin listener runs beside each, as in production). The bench checks which app answers.
 """
@@ -12,7 +12,8 @@ import importlib
 import sys
 from typing import Any
 
-from service import cli, listeners
+from service.api import listeners
+from service.ops import cli
 
 APPS = {"raw": "benchmarks.raw_app", "naive": "benchmarks.naive_app"}
 

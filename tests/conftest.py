@@ -11,17 +11,17 @@ import httpx
 import pytest
 from redis import Redis
 
-from service import queue
-from service.admin import create_admin_app
-from service.app import create_app
+from service.api.app import create_app
+from service.api.signature import SIGNATURE_HEADER, sign
+from service.ops.admin import create_admin_app
 from service.settings import Settings
-from service.signature import SIGNATURE_HEADER, sign
+from service.store import queue
 from tests.processes import Service, Stack, service_env, wait_until_ready
 from tests.redis_server import RedisServer, free_port
 from workers import registry
-from workers.journal import Journal
-from workers.retry import Backoff
-from workers.runtime import WorkerState
+from workers.runtime.job import WorkerState
+from workers.runtime.journal import Journal
+from workers.runtime.retry import Backoff
 
 if TYPE_CHECKING:
     from tests.raw_http import Api

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from service.ledger import PENDING_KEY, event_key
-from service.signature import SIGNATURE_HEADER
+from service.api.signature import SIGNATURE_HEADER
+from service.store.ledger import PENDING_KEY, event_key
 from tests.processes import ROOT, Service, service_env, wait_until_ready
 from tests.redis_server import free_port
 from tests.sentinel_topology import Topology

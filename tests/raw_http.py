@@ -10,7 +10,7 @@ from typing import Any
 
 from redis import Redis
 
-from service.signature import sign
+from service.api.signature import sign
 from tests.conftest import SECRET
 from tests.processes import Service
 

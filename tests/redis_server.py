@@ -11,7 +11,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.cli.local import durable_redis_args
+from service.ops.cli.local import durable_redis_args
 
 
 def free_port() -> int:

@@ -11,9 +11,9 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import queue
-from service.envelope import parse_envelope
-from service.ledger import Ledger, Outcome
+from service.api.envelope import parse_envelope
+from service.store import queue
+from service.store.ledger import Ledger, Outcome
 from tests.conftest import envelope
 from tests.redis_server import free_port
 

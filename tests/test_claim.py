@@ -1,4 +1,4 @@
-"""The worker's batch claim (workers/claim.py) against a real Redis: arq's rules, many jobs at once."""
+"""The worker's batch claim (workers/runtime/claim.py) on a real Redis: arq's rules, many jobs at once."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from service import queue
-from workers.claim import Claimer
+from service.store import queue
+from workers.runtime.claim import Claimer
 
 NOW_MS = 1_800_000_000_000
 TTL_MS = 70_000

@@ -15,12 +15,12 @@ import pytest
 from pydantic import SecretStr
 from redis import Redis
 
-from service.admin import create_admin_app
-from service.console import auth
-from service.console.charts import minute_chart
-from service.ledger import MINUTE_STATS_TTL_S, minute_stats_key
+from service.ops.admin import create_admin_app
+from service.ops.console import auth
+from service.ops.console.charts import minute_chart
 from service.settings import Settings, SettingsError, load_settings
-from service.stats import read_minutes
+from service.store.ledger import MINUTE_STATS_TTL_S, minute_stats_key
+from service.store.stats import read_minutes
 from tests.conftest import ENDPOINT, envelope, make_settings, signed_headers
 from tests.processes import ROOT
 
@@ -164,7 +164,7 @@ def test_admin_token_refuses_short_and_placeholder_values(monkeypatch: pytest.Mo
 
 async def test_read_minutes_gives_the_last_hour_oldest_first(redis_sync: Redis, redis_url: str) -> None:
     """60 buckets, oldest first, with the counters of each minute; minute counters live over an hour."""
-    from service import queue  # noqa: PLC0415
+    from service.store import queue  # noqa: PLC0415
 
     assert MINUTE_STATS_TTL_S > 3600
     now_ms = 1_700_000_000_000
@@ -201,14 +201,15 @@ def test_the_chart_scales_to_its_peak_and_keeps_every_point_inside() -> None:
 
 
 def test_templates_and_static_files_are_package_data() -> None:
-    """Each file in service/console/templates and static matches a package-data glob (a wheel has it)."""
+    """Each file in service/ops/console/templates and static matches a package-data glob (a wheel has it)."""
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
         "package-data"
-    ]["service"]
-    files = [p for d in ("templates", "static") for p in (ROOT / "service" / "console" / d).iterdir()]
+    ]["service.ops.console"]
+    package = ROOT / "service" / "ops" / "console"
+    files = [p for d in ("templates", "static") for p in (package / d).iterdir()]
     assert files
     for path in files:
-        relative = path.relative_to(ROOT / "service").as_posix()
+        relative = path.relative_to(package).as_posix()
         assert any(fnmatch(relative, g) for g in globs), relative
 
 

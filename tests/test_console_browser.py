@@ -22,8 +22,8 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
 from redis import Redis
 
-from service.cli.sender import SAMPLES, sample_body
-from service.ledger import DEAD_KEY, MINUTE_STATS_TTL_S, PENDING_KEY, event_key, minute_stats_key
+from service.ops.cli.sender import SAMPLES, sample_body
+from service.store.ledger import DEAD_KEY, MINUTE_STATS_TTL_S, PENDING_KEY, event_key, minute_stats_key
 from tests.conftest import ENDPOINT, SECRET, signed_headers
 from tests.processes import BIN, ROOT, Stack, wait_for
 from tests.redis_server import RedisServer

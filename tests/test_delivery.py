@@ -21,8 +21,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.ledger import DEAD_KEY, event_key
-from service.stats import WORKERS_KEY, worker_key
+from service.store.ledger import DEAD_KEY, event_key
+from service.store.stats import WORKERS_KEY, worker_key
 from tests.conftest import ENDPOINT, SECRET, signed_headers
 from tests.delivery_probe import SOURCE, completed, effects, probe_body, starts
 from tests.processes import Stack, wait_for

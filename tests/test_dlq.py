@@ -13,12 +13,12 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from service import queue
-from service.dlq import DeadLetters
-from service.ledger import DEAD_KEY, event_key
+from service.store import queue
+from service.store.dlq import DeadLetters
+from service.store.ledger import DEAD_KEY, event_key
 from tests.conftest import ENDPOINT, envelope, signed_headers
 from workers import Context, Event, PermanentError, on
-from workers.runtime import process_event
+from workers.runtime.job import process_event
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 
@@ -134,7 +134,7 @@ async def test_replay_is_one_step_even_while_the_event_keeps_changing(
     """While another client rewrites the entry nonstop over a slow link, replay still re-queues it, once.
 
     Replay was a WATCH loop that retried without bound while the entry changed under it; it is now
-    one script (service/lua/replay-6.lua), so there is no window for a change to slip into.
+    one script (service/store/lua/replay-6.lua), so there is no window for a change to slip into.
     """
     direct = queue.connect(redis_url, timeout_s=2)
     await _dead_event(direct, "evt_busy")

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.cli.sender import sample_body
+from service.ops.cli.sender import sample_body
 from tests.conftest import ENDPOINT, signed_headers
 from tests.processes import Stack, wait_for
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.cli.sender import SAMPLES, sample_body
-from service.ledger import PENDING_KEY, event_key
+from service.ops.cli.sender import SAMPLES, sample_body
+from service.store.ledger import PENDING_KEY, event_key
 from tests.conftest import ENDPOINT, SECRET, signed_headers
 from tests.processes import Stack, service_env, wait_for
 from tests.redis_server import free_port

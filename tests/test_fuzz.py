@@ -14,9 +14,9 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.envelope import Envelope, parse_envelope
-from service.ingest import Rejected, parse_body
-from service.signature import SignatureFailure, Verified, sign, verify
+from service.api.envelope import Envelope, parse_envelope
+from service.api.ingest import Rejected, parse_body
+from service.api.signature import SignatureFailure, Verified, sign, verify
 from tests import test_properties as props
 from workers.events import build_event
 

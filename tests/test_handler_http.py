@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from workers.main import handler_http_client
+from workers.runtime.main import handler_http_client
 
 
 async def test_a_silent_server_times_out_after_the_setting() -> None:

@@ -1,4 +1,4 @@
-"""The event history's query layer (service/history.py) and replay (service/replay.py) on a real Redis.
+"""The event history's queries (service/store/history.py) and replay (service/store/replay.py), real Redis.
 
 Events go in through the ledger's real ingest script, with chosen receive times, and are run by the
 worker's real job function.
@@ -15,14 +15,14 @@ from arq import Retry
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from service import queue
-from service.cli.sender import SAMPLES, sample_body
-from service.envelope import parse_envelope
-from service.history import EventState, Filters, lead_timeline, list_events, show_event
-from service.ledger import DEAD_KEY, PENDING_KEY, TIME_INDEX_KEY, Ledger, event_key, type_index_key
-from service.replay import Replayer, ReplayStatus
+from service.api.envelope import parse_envelope
+from service.ops.cli.sender import SAMPLES, sample_body
+from service.store import queue
+from service.store.history import EventState, Filters, lead_timeline, list_events, show_event
+from service.store.ledger import DEAD_KEY, PENDING_KEY, TIME_INDEX_KEY, Ledger, event_key, type_index_key
+from service.store.replay import Replayer, ReplayStatus
 from workers import Context, Event, PermanentError, on
-from workers.runtime import process_event
+from workers.runtime.job import process_event
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 HOUR_MS = 3_600_000

@@ -11,17 +11,17 @@ import httpx
 import pytest
 from redis import Redis
 
-from service import queue
-from service.cli.sender import sample_body
-from service.envelope import parse_envelope
-from service.history import EventState, Filters, list_events
-from service.ledger import TIME_INDEX_KEY, Ledger, event_key, lead_index_key, type_index_key
-from service.trim import trim_indexes
+from service.api.envelope import parse_envelope
+from service.ops.cli.sender import sample_body
+from service.store import queue
+from service.store.history import EventState, Filters, list_events
+from service.store.ledger import TIME_INDEX_KEY, Ledger, event_key, lead_index_key, type_index_key
+from service.store.trim import trim_indexes
 from tests.conftest import make_settings
 from workers import Context, Event, PermanentError, on
-from workers.journal import Journal
-from workers.retry import Backoff
-from workers.runtime import WorkerState, process_event
+from workers.runtime.job import WorkerState, process_event
+from workers.runtime.journal import Journal
+from workers.runtime.retry import Backoff
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 RETENTION_S = 4

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.envelope import MalformedBody, parse_envelope
-from service.signature import SIGNATURE_HEADER, sign
+from service.api.envelope import MalformedBody, parse_envelope
+from service.api.signature import SIGNATURE_HEADER, sign
 from tests.conftest import ENDPOINT, SECRET
 
 SIG = SIGNATURE_HEADER.encode()

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.envelope import MAX_DEPTH, MAX_ID_CHARS, MAX_TYPE_CHARS, parse_envelope
-from service.ledger import event_key
-from service.signature import SIGNATURE_HEADER, sign
+from service.api.envelope import MAX_DEPTH, MAX_ID_CHARS, MAX_TYPE_CHARS, parse_envelope
+from service.api.signature import SIGNATURE_HEADER, sign
+from service.store.ledger import event_key
 from tests.conftest import ENDPOINT, SECRET
 from workers.events import build_event
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.ledger import event_key
+from service.store.ledger import event_key
 from tests.processes import wait_for
 from tests.raw_http import (
     BODY,

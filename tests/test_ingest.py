@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
-from service.admin import create_admin_app
-from service.app import create_app
-from service.ledger import PENDING_KEY, event_key
-from service.queue import QUEUE_NAME, job_key
+from service.api.app import create_app
+from service.ops.admin import create_admin_app
 from service.settings import Settings
+from service.store.ledger import PENDING_KEY, event_key
+from service.store.queue import QUEUE_NAME, job_key
 from tests.conftest import ENDPOINT, SECRET, envelope, make_settings, signed_headers
 from tests.redis_server import RedisServer, free_port
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from service import queue
-from service.envelope import parse_envelope
-from service.ledger import Ledger
-from service.stats import read_snapshot
+from service.api.envelope import parse_envelope
+from service.store import queue
+from service.store.ledger import Ledger
+from service.store.stats import read_snapshot
 from tests.conftest import SECRET, envelope
 from tests.processes import Stack, wait_for
 

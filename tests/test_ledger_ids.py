@@ -6,8 +6,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.envelope import Envelope
-from service.ledger import event_key, invoice_index_key, lead_index_key, payload_ids
+from service.api.envelope import Envelope
+from service.store.ledger import event_key, invoice_index_key, lead_index_key, payload_ids
 from tests.conftest import ENDPOINT, envelope, signed_headers
 
 

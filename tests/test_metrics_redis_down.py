@@ -7,8 +7,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.admin import create_admin_app
-from service.app import create_app
+from service.api.app import create_app
+from service.ops.admin import create_admin_app
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
 

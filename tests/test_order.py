@@ -18,17 +18,17 @@ from arq import Retry
 from arq.constants import in_progress_key_prefix
 from redis import Redis
 
-from service import queue
-from service.dlq import DeadLetters
-from service.envelope import parse_envelope
-from service.held import HELD_KEY, held_event, held_events
-from service.history import Filters, list_events, show_event
-from service.ledger import Ledger, event_key, lead_index_key
+from service.api.envelope import parse_envelope
+from service.store import queue
+from service.store.dlq import DeadLetters
+from service.store.held import HELD_KEY, held_event, held_events
+from service.store.history import Filters, list_events, show_event
+from service.store.ledger import Ledger, event_key, lead_index_key
 from workers import Context, Event, PermanentError, on
-from workers.claim import ClaimedJob, Claimer
-from workers.order import WAIT_RECHECK_MS, order_argument
 from workers.registry import registered
-from workers.runtime import WorkerState, process_event
+from workers.runtime.claim import ClaimedJob, Claimer
+from workers.runtime.job import WorkerState, process_event
+from workers.runtime.order import WAIT_RECHECK_MS, order_argument
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 Seen = list[tuple[int, str]]

@@ -15,14 +15,14 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from redis import Redis
 
-from service import queue
-from service.dlq import DeadLetters
-from service.envelope import parse_envelope
-from service.held import HELD_KEY
-from service.history import Filters, list_events
-from service.ledger import Ledger, event_key
-from service.replay import Replayer
-from service.stats import read_snapshot
+from service.api.envelope import parse_envelope
+from service.store import queue
+from service.store.dlq import DeadLetters
+from service.store.held import HELD_KEY
+from service.store.history import Filters, list_events
+from service.store.ledger import Ledger, event_key
+from service.store.replay import Replayer
+from service.store.stats import read_snapshot
 from tests.test_order import Driver, Seen, _body, _register
 from workers import Context, Event, PermanentError, registry
 

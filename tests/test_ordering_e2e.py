@@ -21,7 +21,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.ledger import DEAD_KEY
+from service.store.ledger import DEAD_KEY
 from tests.conftest import ENDPOINT, SECRET, signed_headers
 from tests.processes import Service, Stack, wait_for
 

@@ -10,7 +10,7 @@ from redis import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from service import queue
+from service.store import queue
 
 ARGUMENTS: list[tuple[Any, ...]] = [
     ("SET", "key", "value"),

@@ -12,12 +12,12 @@ import pytest
 from arq import Retry
 from redis import Redis
 
-from service.envelope import parse_envelope
-from service.ledger import STATS_KEY, Ledger, event_key
-from service.stats import read_snapshot
+from service.api.envelope import parse_envelope
+from service.store.ledger import STATS_KEY, Ledger, event_key
+from service.store.stats import read_snapshot
 from tests.conftest import envelope
 from workers import Context, Event, InvoiceCreated, InvoicePaid, LeadCreated, LeadPaid, Payload, on
-from workers.runtime import process_event
+from workers.runtime.job import process_event
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 EMAIL = "jan.jansen@example.nl"

@@ -1,6 +1,6 @@
 """The private parts of uvicorn and arq that we subclass or override still exist.
 
-service/server.py subclasses uvicorn's `HttpToolsProtocol` and workers/main.py overrides arq's
+service/api/server.py subclasses uvicorn's `HttpToolsProtocol` and workers/runtime/main.py overrides arq's
 `Worker.start_jobs` and `record_health`. pyproject.toml pins both to the minor version these
 tests cover; an upgrade that drops one of these names fails here, naming it, instead of breaking
 the head/body guards or the claim path at run time.
@@ -20,9 +20,9 @@ from arq.worker import Worker
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from service import queue
+from service.store import queue
 from tests.conftest import make_settings
-from workers.main import build_worker
+from workers.runtime.main import build_worker
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -45,7 +45,7 @@ PROTOCOL_METHODS = (
 PROTOCOL_ATTRIBUTES = ("parser", "cycle", "flow", "server_state", "transport", "loop")
 CYCLE_ATTRIBUTES = ("keep_alive", "more_body", "response_complete", "response_started", "transport")
 SERVER_STATE_ATTRIBUTES = ("default_headers",)
-# What _Worker, _teardown and _Stopper (workers/main.py) use of arq's Worker.
+# What _Worker, _teardown and _Stopper (workers/runtime/main.py) use of arq's Worker.
 WORKER_METHODS = (
     "start_jobs",
     "record_health",
@@ -91,12 +91,12 @@ async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def test_uvicorn_protocol_still_has_what_the_guards_use() -> None:
-    """Every uvicorn name service/server.py relies on exists, checked on a live connection."""
+    """Every uvicorn name service/api/server.py relies on exists, checked on a live connection."""
     uvicorn_version = version("uvicorn")
     assert not _missing(HttpToolsProtocol, PROTOCOL_METHODS), _explain(
         f"uvicorn {uvicorn_version} HttpToolsProtocol",
         _missing(HttpToolsProtocol, PROTOCOL_METHODS),
-        "service/server.py",
+        "service/api/server.py",
     )
     config = uvicorn.Config(_hello, ws="none", log_config=None)
     config.load()
@@ -115,7 +115,7 @@ async def test_uvicorn_protocol_still_has_what_the_guards_use() -> None:
             (f"uvicorn {uvicorn_version} RequestResponseCycle", protocol.cycle, CYCLE_ATTRIBUTES),
             (f"uvicorn {uvicorn_version} ServerState", state, SERVER_STATE_ATTRIBUTES),
         ):
-            assert not _missing(obj, names), _explain(owner, _missing(obj, names), "service/server.py")
+            assert not _missing(obj, names), _explain(owner, _missing(obj, names), "service/api/server.py")
         assert isinstance(protocol.cycle, RequestResponseCycle)
     finally:
         transport.close()
@@ -123,7 +123,7 @@ async def test_uvicorn_protocol_still_has_what_the_guards_use() -> None:
 
 
 async def test_arq_worker_still_has_what_our_worker_overrides(redis_url: str) -> None:
-    """Every arq Worker name workers/main.py relies on exists, and the poll loop still calls our overrides."""
+    """Every arq Worker name that workers/runtime/main.py uses exists; the poll loop calls our overrides."""
     arq_version = version("arq")
     settings = make_settings(redis_url)
     redis = queue.connect_arq(redis_url, timeout_s=2)
@@ -134,7 +134,7 @@ async def test_arq_worker_still_has_what_our_worker_overrides(redis_url: str) ->
             (f"arq {arq_version} Worker", Worker, WORKER_METHODS),
             (f"arq {arq_version} Worker instance", worker, WORKER_ATTRIBUTES),
         ):
-            assert not _missing(obj, names), _explain(owner, _missing(obj, names), "workers/main.py")
+            assert not _missing(obj, names), _explain(owner, _missing(obj, names), "workers/runtime/main.py")
         poll = inspect.getsource(Worker._poll_iteration)
         assert "self.start_jobs(" in poll, f"arq {arq_version} no longer starts jobs through start_jobs"
         assert "self.heart_beat(" in poll, f"arq {arq_version} no longer beats from the poll loop"

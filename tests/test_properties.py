@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from service.envelope import MAX_ID_CHARS, MAX_TYPE_CHARS, Envelope, MalformedBody, parse_envelope
-from service.ledger import event_key
-from service.signature import SIGNATURE_HEADER, SignatureFailure, Verified, sign, verify
+from service.api.envelope import MAX_ID_CHARS, MAX_TYPE_CHARS, Envelope, MalformedBody, parse_envelope
+from service.api.signature import SIGNATURE_HEADER, SignatureFailure, Verified, sign, verify
+from service.store.ledger import event_key
 from tests.conftest import ENDPOINT, SECRET
 
 T = TypeVar("T")

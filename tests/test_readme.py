@@ -7,9 +7,9 @@ import re
 from pydantic import SecretStr
 from rich.table import Table
 
-from service.cli.status import render
+from service.ops.cli.status import render
 from service.settings import Settings
-from service.stats import Snapshot
+from service.store.stats import Snapshot
 from tests.processes import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -7,11 +7,11 @@ import time
 import pytest
 from redis import Redis
 
-from service import queue
-from service.envelope import parse_envelope
-from service.ledger import PENDING_KEY, Ledger
+from service.api.envelope import parse_envelope
+from service.store import queue
+from service.store.ledger import PENDING_KEY, Ledger
 from tests.conftest import envelope
-from workers.reconciler import reconcile_pending
+from workers.runtime.reconciler import reconcile_pending
 
 
 def _now_ms() -> int:

@@ -17,9 +17,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
-from service import queue
-from service.cli.sender import sample_body
-from service.ledger import PENDING_KEY
+from service.ops.cli.sender import sample_body
+from service.store import queue
+from service.store.ledger import PENDING_KEY
 from tests.conftest import ENDPOINT, SECRET, make_settings, signed_headers
 from tests.processes import ROOT, Stack, wait_for
 from tests.redis_server import RedisServer
@@ -53,7 +53,7 @@ def test_rediss_url_with_acl_user_and_encoded_password(which: str) -> None:
     assert issubclass(pool.connection_class, SSLConnection)
     kwargs: dict[str, Any] = pool.connection_kwargs
     assert {k: kwargs[k] for k in EXPECTED} == EXPECTED
-    # The worker bounds reads with its watchdog's PING instead (workers/main.py).
+    # The worker bounds reads with its watchdog's PING instead (workers/runtime/main.py).
     assert kwargs["socket_timeout"] == (1.5 if which == "api" else None)
     assert kwargs["socket_connect_timeout"] == 1.5
 

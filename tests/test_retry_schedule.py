@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.settings import Settings
 from tests.conftest import make_settings
-from workers.retry import Backoff
+from workers.runtime.retry import Backoff
 
 
 def test_bounds_double_up_to_the_cap() -> None:

@@ -10,12 +10,12 @@ import pytest
 from arq import Retry
 from redis import Redis
 
-from service.envelope import parse_envelope
-from service.ledger import DEAD_KEY, PENDING_KEY, STATS_KEY, Ledger, event_key
+from service.api.envelope import parse_envelope
+from service.store.ledger import DEAD_KEY, PENDING_KEY, STATS_KEY, Ledger, event_key
 from tests.conftest import envelope
 from workers import Context, Event, LeadCreated, PermanentError, on
 from workers.registry import handlers_for
-from workers.runtime import process_event
+from workers.runtime.job import process_event
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 

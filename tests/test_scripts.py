@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from service.scripts import load_script
+from service.store.scripts import load_script
 from tests.processes import ROOT
 
-SCRIPTS = sorted([*ROOT.glob("service/lua/*.lua"), *ROOT.glob("workers/lua/*.lua")])
+SCRIPTS = sorted([*ROOT.glob("service/store/lua/*.lua"), *ROOT.glob("workers/runtime/lua/*.lua")])
 
 
 def test_there_are_scripts_to_check() -> None:
@@ -36,7 +36,7 @@ def test_header_names_every_key_the_script_uses(path: Path) -> None:
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
 def test_redis_compiles_each_script(path: Path, redis_sync: Redis) -> None:
     """SCRIPT LOAD on a real Redis accepts each file, as `load_script` reads it from the package."""
-    package = path.parent.parent.name
+    package = ".".join(path.parent.parent.relative_to(ROOT).parts)
     source = load_script(package, path.stem)
     assert source == path.read_text(encoding="utf-8")
     assert len(redis_sync.script_load(source)) == 40

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.ledger import DEAD_KEY, PENDING_KEY
+from service.store.ledger import DEAD_KEY, PENDING_KEY
 from tests.conftest import ENDPOINT, SECRET, envelope, signed_headers
 from tests.processes import Service, Stack, service_env, wait_for, wait_until_ready
 from tests.redis_server import RedisServer, free_port

@@ -17,11 +17,11 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
-from service import queue
-from service.app import create_app
-from service.envelope import parse_envelope
-from service.ledger import Ledger, Outcome, event_key
+from service.api.app import create_app
+from service.api.envelope import parse_envelope
 from service.settings import Settings, SettingsError, load_settings
+from service.store import queue
+from service.store.ledger import Ledger, Outcome, event_key
 from tests.conftest import ENDPOINT, envelope, make_settings, signed_headers
 from tests.processes import wait_for
 from tests.sentinel_topology import MASTER, Topology

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.signature import SignatureFailure, Verified, sign, verify
+from service.api.signature import SignatureFailure, Verified, sign, verify
 
 # A copy of shared/testdata/signature-vectors.jsonl (made with PHP's hash_hmac), so a clone
 # of this repository alone can run the tests.

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from service.signature import SIGNATURE_HEADER, sign
+from service.api.signature import SIGNATURE_HEADER, sign
 from tests.conftest import ENDPOINT, SECRET, envelope
 from tests.processes import Service, service_env, wait_until_ready
 from tests.raw_http import Api, parse_response, read_response, request_head

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
-    from service.envelope import Envelope
+    from service.api.envelope import Envelope
 
 
 class Payload(BaseModel):

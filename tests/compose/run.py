@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from service.cli.sender import SAMPLES, sample_body
-from service.signature import SIGNATURE_HEADER, sign
+from service.api.signature import SIGNATURE_HEADER, sign
+from service.ops.cli.sender import SAMPLES, sample_body
 from tests.compose import host
 from tests.compose.crm import CRM_ADDRESS, CRM_PORT, URL, Crm
 from tests.processes import BIN, HANDLERS_DIR, ROOT

@@ -1,0 +1,118 @@
+"""`oa-webhooks dlq`: list, show, replay and purge dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.ops.cli.redis_access import operator_redis, operator_settings
+from service.store.dlq import DeadLetters
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_enable=False, help="Inspect and replay dead letters."
+)
+T = TypeVar("T")
+TypeOption = Annotated[str | None, typer.Option("--type", help="only events of this type")]
+
+
+def _run(action: Callable[[DeadLetters], Awaitable[T]]) -> T:
+    settings = operator_settings()
+
+    async def go() -> T:
+        async with operator_redis(settings) as redis:
+            return await action(
+                DeadLetters(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms)
+            )
+
+    return asyncio.run(go())
+
+
+def _error_text(error: dict[str, Any] | None) -> str:
+    return "" if not error else f"{error.get('type', '')}: {error.get('message', '')}"[:80]
+
+
+@app.command("list")
+def list_(event_type: TypeOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One row per dead handler of each dead event, oldest first."""
+    letters = _run(lambda dlq: dlq.letters(event_type=event_type))
+    if as_json:
+        typer.echo(json.dumps([x.summary() for x in letters], indent=2))
+        return
+    table = Table("id", "type", "handler", "attempts", "last error", "dead at")
+    for x in letters:
+        table.add_row(x.id, x.type, x.handler, str(x.attempts), _error_text(x.last_error), x.dead_at or "")
+    Console().print(table)
+    typer.echo(f"{len(letters)} dead letter(s). Replay: oa-webhooks dlq replay ID (or --all)")
+
+
+@app.command()
+def show(event_id: Annotated[str, typer.Argument(help="the event id")]) -> None:
+    """The whole ledger entry of one event: body, state, and each handler's attempts and errors."""
+    entry = _run(lambda dlq: dlq.show(event_id))
+    if entry is None:
+        typer.echo(f"no event {event_id!r} in the ledger", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(entry, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def replay(
+    event_id: Annotated[str | None, typer.Argument(help="the event id")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dead event (of --type)")] = False,
+    event_type: TypeOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would be replayed")] = False,
+) -> None:
+    """Re-queue dead events for the handlers that failed; dedup does not block a replay."""
+    if (event_id is None) == (not all_):
+        raise typer.BadParameter("give an event ID or --all")
+
+    async def go(dlq: DeadLetters) -> list[tuple[str, list[str]]]:
+        letters = await dlq.letters(event_type=event_type)
+        ids = sorted({x.id for x in letters if all_ or x.id == event_id})
+        if dry_run:
+            return [(i, [x.handler for x in letters if x.id == i]) for i in ids]
+        now_ms = time.time_ns() // 1_000_000
+        return [(i, await dlq.replay(i, now_ms=now_ms)) for i in ids]
+
+    done = [(i, handlers) for i, handlers in _run(go) if handlers]
+    verb = "would replay" if dry_run else "replayed"
+    for event, handlers in done:
+        typer.echo(f"{verb} {event} for {', '.join(handlers)}")
+    if event_id is not None and not done:
+        typer.echo(f"{event_id!r} is not a dead letter", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{verb} {len(done)} event(s)")
+
+
+@app.command()
+def purge(
+    event_id: Annotated[str | None, typer.Argument(help="the event id")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every dead event")] = False,
+    older_than: Annotated[float | None, typer.Option("--older-than", help="only dead for more DAYS")] = None,
+) -> None:
+    """Drop dead events' bodies and errors (a tombstone keeps dedup for the retention period)."""
+    if (event_id is None) == (not all_):
+        raise typer.BadParameter("give an event ID or --all")
+
+    async def go(dlq: DeadLetters) -> list[str]:
+        ids = (
+            [event_id]
+            if event_id
+            else await dlq.ids(older_than_s=None if older_than is None else older_than * 86_400)
+        )
+        return [i for i in ids if await dlq.purge(i)]
+
+    purged = _run(go)
+    if event_id is not None and not purged:
+        typer.echo(f"{event_id!r} is not a dead letter", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"purged {len(purged)} event(s)")
