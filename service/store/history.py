@@ -1,9 +1,9 @@
 """Event history: find events in the ledger by type, state, lead, invoice and time, and read one whole.
 
 The query layer of `oa-webhooks events` and of the console; every function takes a
-`redis.asyncio.Redis` and only reads (the records it returns are in service/store/records.py; replay,
-the one write, is service/store/replay.py, exported here too). Where the candidates come from (never
-`SCAN`/`KEYS`):
+`redis.asyncio.Redis` and only reads (the rows it returns are in service/store/summary.py, the whole
+records in service/store/records.py; replay, the one write, is service/store/replay.py, exported here
+too). Where the candidates come from (never `SCAN`/`KEYS`):
 
 - `--lead` / `--invoice`: the sorted sets `oa:idx:lead:<id>` / `oa:idx:invoice:<id>` (by `seq`);
 - `--state dead`: `oa:dead`; `queued`, `running`, `retrying`: `oa:pending` (while it is small);
@@ -30,30 +30,25 @@ from service.store.ledger import (
     lead_index_key,
     type_index_key,
 )
-from service.store.records import (
+from service.store.records import Attempt, ErrorInfo, EventRecord, HandlerRecord, Replay, record_of
+from service.store.replay import Replayer, ReplayResult, ReplayStatus
+from service.store.summary import (
     FILTER_STATES,
     FINAL_STATES,
     LEAD_STAGES,
-    Attempt,
-    ErrorInfo,
-    EventRecord,
     EventState,
     EventSummary,
     Filters,
-    HandlerRecord,
     Page,
-    Replay,
     Timeline,
     decode_entry,
     event_state,
     iso,
     parse_cursor,
-    record_of,
     summary_of,
     type_matches,
     valid_type_pattern,
 )
-from service.store.replay import Replayer, ReplayResult, ReplayStatus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from service.store.history import FILTER_STATES, EventState, Filters, valid_type_pattern
-from service.store.records import DEFAULT_LIMIT, parse_cursor
+from service.store.summary import DEFAULT_LIMIT, parse_cursor
 
 _DURATION = re.compile(r"(\d+)(s|m|h|d|w)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}

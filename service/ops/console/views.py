@@ -32,9 +32,9 @@ from service.store.history import (
     valid_type_pattern,
 )
 from service.store.ledger import event_key
-from service.store.records import parse_cursor
 from service.store.replay import ReplayStatus
 from service.store.stats import read_minutes, read_snapshot
+from service.store.summary import parse_cursor
 
 if TYPE_CHECKING:
     from starlette.responses import Response

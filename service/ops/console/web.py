@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse
 from service.api import ingest
 from service.api.state import runtime_of
 from service.ops.console import auth
-from service.store.records import iso
+from service.store.summary import iso
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
