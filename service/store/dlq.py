@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from service.store.ledger import DEAD_KEY, event_key
-from service.store.replay import Replayer, ReplayStatus
+from service.store.replay import Replayer, ReplayResult, ReplayStatus
 from service.store.scripts import load_script
 
 if TYPE_CHECKING:
@@ -130,13 +130,17 @@ class DeadLetters:
         return {"id": event_id, **plain, "body": body, "handlers": handlers}
 
     async def replay(self, event_id: str, *, now_ms: int) -> list[str]:
-        """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead.
+        """Re-queue a dead event for its dead handlers (past dedup); returns their names, [] if not dead."""
+        result = await self.replay_result(event_id, now_ms=now_ms)
+        return list(result.handlers) if result.status is ReplayStatus.REPLAYED else []
+
+    async def replay_result(self, event_id: str, *, now_ms: int) -> ReplayResult:
+        """`replay`, with the whole answer (`FINISHING`: dead, but a worker is still closing its run).
 
         The same replay as `events replay` (service/store/replay.py): one script, recorded on the event.
         """
         replayer = Replayer(self.redis, queue_expiry_ms=self.queue_expiry_ms)
-        result = await replayer.replay(event_id, dead_only=True, now_ms=now_ms)
-        return list(result.handlers) if result.status is ReplayStatus.REPLAYED else []
+        return await replayer.replay(event_id, dead_only=True, now_ms=now_ms)
 
     async def purge(self, event_id: str) -> bool:
         """Drop a dead event's body and errors, keeping a dedup tombstone for the retention period.

@@ -1,8 +1,12 @@
 """Replay finished events: re-run their handlers through the same queue as live events.
 
-One Lua script (service/store/lua/replay-6.lua) per event checks that it is finished (done, dead or
+One Lua script (service/store/lua/replay-7.lua) per event checks that it is finished (done, dead or
 unhandled), resets the handlers that should run, records the replay on the event (when, which
 handlers) and queues a new arq job; retries and dead letters then work as for a live event.
+
+An event is finished only once arq has closed its last job too: the worker's finish script marks it
+done or dead just before arq deletes the job, and a replay in between would be deleted with it. So
+while a worker's claim on the job lasts, the answer is `FINISHING` ("replay again in a moment").
 
 Which handlers run:
 - `handler="pkg.module.func"`: only that one, even when others of the event's type never ran
@@ -37,6 +41,7 @@ class ReplayStatus(StrEnum):
     REPLAYED = "replayed"
     DRY_RUN = "dry-run"  # would have been replayed
     NOT_FINAL = "not-final"  # still queued or running (or purged): nothing done
+    FINISHING = "finishing"  # done or dead, but a worker is still closing its last run: nothing done
     MISSING = "missing"  # no such event in the ledger
 
 
@@ -56,7 +61,7 @@ class Replayer:
     def __init__(self, redis: Redis, *, queue_expiry_ms: int) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
-        self._script = redis.register_script(load_script("service.store", "replay-6"))
+        self._script = redis.register_script(load_script("service.store", "replay-7"))
 
     async def replay(
         self,
@@ -88,10 +93,11 @@ class Replayer:
             PENDING_KEY,
             DEAD_KEY,
             queue.retry_key(event_id),
+            queue.in_progress_key(event_id),
         ]
         reply = [x.decode() for x in await self._script(keys=keys, args=[json.dumps(arg)])]
         status = ReplayStatus(reply[0])
-        if status is ReplayStatus.NOT_FINAL:
+        if status in (ReplayStatus.NOT_FINAL, ReplayStatus.FINISHING):
             return ReplayResult(event_id, status, state=reply[1])
         return ReplayResult(event_id, status, tuple(reply[1:]))
 

@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from service.ops.cli.redis_access import operator_redis, operator_settings
+from service.ops.cli.render import FINISHING_TEXT
 from service.store.dlq import DeadLetters
+from service.store.replay import ReplayResult, ReplayStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -75,22 +77,30 @@ def replay(
     if (event_id is None) == (not all_):
         raise typer.BadParameter("give an event ID or --all")
 
-    async def go(dlq: DeadLetters) -> list[tuple[str, list[str]]]:
+    async def go(dlq: DeadLetters) -> list[ReplayResult]:
         letters = await dlq.letters(event_type=event_type)
         ids = sorted({x.id for x in letters if all_ or x.id == event_id})
         if dry_run:
-            return [(i, [x.handler for x in letters if x.id == i]) for i in ids]
+            return [
+                ReplayResult(i, ReplayStatus.DRY_RUN, tuple(x.handler for x in letters if x.id == i))
+                for i in ids
+            ]
         now_ms = time.time_ns() // 1_000_000
-        return [(i, await dlq.replay(i, now_ms=now_ms)) for i in ids]
+        return [await dlq.replay_result(i, now_ms=now_ms) for i in ids]
 
-    done = [(i, handlers) for i, handlers in _run(go) if handlers]
+    results = _run(go)
+    done = [r for r in results if r.status in (ReplayStatus.REPLAYED, ReplayStatus.DRY_RUN) and r.handlers]
+    finishing = [r.id for r in results if r.status is ReplayStatus.FINISHING]
     verb = "would replay" if dry_run else "replayed"
-    for event, handlers in done:
-        typer.echo(f"{verb} {event} for {', '.join(handlers)}")
+    for result in done:
+        typer.echo(f"{verb} {result.id} for {', '.join(result.handlers)}")
+    for event in finishing:
+        typer.echo(f"not replayed {event}: {FINISHING_TEXT}", err=True)
     if event_id is not None and not done:
-        typer.echo(f"{event_id!r} is not a dead letter", err=True)
+        if not finishing:
+            typer.echo(f"{event_id!r} is not a dead letter", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{verb} {len(done)} event(s)")
+    typer.echo(f"{verb} {len(done)} event(s)" + (f"; {len(finishing)} {FINISHING_TEXT}" if finishing else ""))
 
 
 @app.command()

@@ -119,10 +119,15 @@ def _which(results: list[ReplayResult], status: ReplayStatus) -> str:
     return "; ".join(f"{handlers} ({n})" for handlers, n in sorted(counts.items()))
 
 
+FINISHING_TEXT = "still being finished by a worker (replay again in a moment)"
+
+
 def _skipped(results: list[ReplayResult], unfinished: int) -> str:
     not_final = unfinished + sum(r.status is ReplayStatus.NOT_FINAL for r in results)
     missing = sum(r.status is ReplayStatus.MISSING for r in results)
+    finishing = sum(r.status is ReplayStatus.FINISHING for r in results)
     parts = [f"{not_final} not finished (queued, running or retrying) or purged"] if not_final else []
+    parts += [f"{finishing} {FINISHING_TEXT}"] if finishing else []
     parts += [f"{missing} not in the ledger"] if missing else []
     return f"; skipped {', '.join(parts)}" if parts else ""
 

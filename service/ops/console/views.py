@@ -154,6 +154,10 @@ _FLASH = {
     ReplayStatus.NOT_FINAL.value: (
         "Not replayed: the event is still queued or running. Wait until it is done or dead."
     ),
+    ReplayStatus.FINISHING.value: (
+        "Not replayed yet: a worker is still finishing the event's last run, which takes a moment. "
+        "Replay it again."
+    ),
     ReplayStatus.MISSING.value: "Not replayed: the event is no longer in the ledger.",
 }
 

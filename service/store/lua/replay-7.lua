@@ -1,7 +1,8 @@
 -- Replay a finished event: reset the handlers to run, record the replay, and queue a new arq job
 -- through the same queue (and so the same retries and dead letters) as a live event.
--- Returns {'missing'}, {'not-final', state}, or {'replayed' | 'dry-run', handler name, ...}: the
--- handlers reset; none for a done event that no handler has run yet (its type's handlers run).
+-- Returns {'missing'}, {'not-final', state}, {'finishing', state}, or {'replayed' | 'dry-run',
+-- handler name, ...}: the handlers reset; none for a done event that no handler has run yet (its
+-- type's handlers run).
 --
 -- KEYS[1] event        oa:event:<id>
 -- KEYS[2] job          arq:job:<id>
@@ -9,6 +10,7 @@
 -- KEYS[4] pending      oa:pending
 -- KEYS[5] dead         oa:dead
 -- KEYS[6] retry        arq:retry:<id>, arq's try counter, which would carry on from the last run
+-- KEYS[7] in-progress  arq:in-progress:<id>, a worker's claim on the event's job
 --
 -- ARGV[1] one JSON object: id, now_ms, job (arq job bytes as a string), queue_expiry_ms: strings;
 --   handlers: [names] to run only those, or [] for the default (a dead event's dead handlers,
@@ -18,6 +20,11 @@ local a = cjson.decode(ARGV[1])
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
 if not (state == 'dead' or (state == 'done' and not a.dead_only)) then return {'not-final', state} end
+-- The finish script marks the event done or dead before arq's finish_job deletes the job key and
+-- takes the id off the queue; a job queued in between would be deleted with it. So while the
+-- claim lasts, the run is not over: 'finishing' (for milliseconds; after a worker was killed in
+-- that gap, until its claim expires, arq's job timeout + 10 s).
+if redis.call('EXISTS', KEYS[7]) == 1 then return {'finishing', state} end
 local names = {}
 local only = #a.handlers > 0
 if only then
