@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from asyncio.subprocess import PIPE, STDOUT
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,42 +25,19 @@ from redis import Redis
 from service.api.envelope import parse_envelope
 from service.ops.admin import create_admin_app
 from service.ops.cli.sender import sample_body
-from service.settings import Settings
 from service.store import queue
 from service.store.ledger import DEAD_KEY, Ledger, event_key
 from service.store.replay import Replayer, ReplayResult
+from tests.arq_worker import ArqWorker
 from tests.conftest import SECRET, make_settings
 from tests.processes import service_env
 from tests.redis_server import free_port
 from tests.test_console import TOKEN, _sign_in
 from workers import Context, Event, PermanentError, on
-from workers.runtime.main import build_worker
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 BIN = Path(sys.executable).parent
 STILL_FINISHING = "still being finished by a worker (replay again in a moment)"
-
-
-class ArqWorker:
-    """Our worker as `oa-webhooks worker` builds it, driven one job at a time through arq's run_job."""
-
-    def __init__(self, settings: Settings, redis: Any, http: httpx.AsyncClient) -> None:
-        self.worker = build_worker(settings, redis, http=http, worker_id="test:1")
-
-    def between_finish_and_finish_job(self, hook: Callable[[], Awaitable[None]] | None) -> None:
-        """Run `hook` where arq calls `on_job_end`: after our job and its finish script, before finish_job."""
-
-        async def on_job_end(ctx: dict[Any, Any]) -> None:
-            if hook is not None:
-                await hook()
-
-        self.worker.on_job_end = on_job_end
-
-    async def run(self, event_id: str) -> None:
-        """Claim the event's job (our claim script) and run it to its end with arq's own run_job."""
-        await self.worker.start_jobs([event_id.encode()])
-        assert event_id in self.worker.tasks, "the job was not claimed"
-        await self.worker.tasks.pop(event_id)
 
 
 @pytest.fixture
