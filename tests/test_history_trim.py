@@ -15,8 +15,16 @@ from service.api.envelope import parse_envelope
 from service.ops.cli.sender import sample_body
 from service.store import queue
 from service.store.history import EventState, Filters, list_events
-from service.store.ledger import TIME_INDEX_KEY, Ledger, event_key, lead_index_key, type_index_key
+from service.store.ledger import (
+    TIME_INDEX_KEY,
+    Ledger,
+    event_key,
+    invoice_index_key,
+    lead_index_key,
+    type_index_key,
+)
 from service.store.trim import trim_indexes
+from tests.arq_worker import ArqWorker
 from tests.conftest import make_settings
 from workers import Context, Event, PermanentError, on
 from workers.runtime.job import WorkerState, process_event
@@ -61,7 +69,7 @@ async def test_trimming_removes_index_entries_with_their_events(
     assert redis_sync.xlen(TIME_INDEX_KEY) == 3
     assert redis_sync.zcard(lead_index_key("7")) == 3
     await asyncio.sleep(RETENTION_S / 2)
-    # A new event of the same lead keeps its index key alive; ingest trims only whole stream nodes.
+    # A new event of the same lead keeps its index key alive; ingest trims nothing.
     body = sample_body("lead.created", event_id="fresh", payload=_lead(7))
     await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=time.time_ns() // 1_000_000)
     await asyncio.sleep(RETENTION_S / 2 + 0.6)
@@ -80,22 +88,6 @@ async def test_trimming_removes_index_entries_with_their_events(
     assert [e.id for e in (await list_events(redis, Filters())).events] == ["fresh"]
 
 
-async def test_ingest_trims_whole_stream_nodes_past_the_retention(redis_sync: Redis, redis_url: str) -> None:
-    """Ingest's `MINID ~` drops old stream nodes as new events arrive, without a reconciler."""
-    redis = queue.connect(redis_url, timeout_s=2)
-    ledger = Ledger(redis, queue_expiry_ms=60_000, retention_s=RETENTION_S)
-    start_ms = time.time_ns() // 1_000_000 - 3_600_000
-    for index in range(300):  # three stream nodes of 100 entries, an hour ago
-        body = sample_body("lead.sold", event_id=f"n{index}", payload=_lead(index))
-        await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=start_ms + index)
-    body = sample_body("lead.sold", event_id="fresh", payload=_lead(1))
-    await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=time.time_ns() // 1_000_000)
-    await redis.aclose()
-    assert redis_sync.xlen(TIME_INDEX_KEY) < 100
-    assert redis_sync.xlen(type_index_key("lead.sold")) < 100
-    assert redis_sync.xrevrange(TIME_INDEX_KEY, count=1)[0][1][b"i"] == b"fresh"
-
-
 def _lead(lead_id: int) -> dict[str, Any]:
     return {
         "lead_id": lead_id,
@@ -103,3 +95,90 @@ def _lead(lead_id: int) -> dict[str, Any]:
         "subcategory_id": "1",
         "created_at": "2024-03-01T12:00:00Z",
     }
+
+
+def _everything_in(redis_sync: Redis) -> bytes:
+    """Every key name, member, field, value and stream entry in Redis, as one blob to search."""
+    parts: list[bytes] = []
+    for key in redis_sync.scan_iter(count=1000):
+        parts.append(key)
+        kind = redis_sync.type(key)
+        if kind == b"string":
+            parts.append(redis_sync.get(key) or b"")
+        elif kind == b"hash":
+            parts.extend(b"%s=%s" % item for item in redis_sync.hgetall(key).items())
+        elif kind == b"zset":
+            parts.extend(redis_sync.zrange(key, 0, -1))
+        elif kind == b"set":
+            parts.extend(redis_sync.smembers(key))
+        elif kind == b"list":
+            parts.extend(redis_sync.lrange(key, 0, -1))
+        elif kind == b"stream":
+            for entry_id, fields in redis_sync.xrange(key):
+                parts.append(entry_id)
+                parts.extend(b"%s=%s" % item for item in fields.items())
+        else:
+            raise AssertionError(f"{key!r} is a {kind!r}: teach this helper to read it")
+    return b"\n".join(parts)
+
+
+def _ids(redis_sync: Redis, key: str) -> set[str]:
+    if redis_sync.type(key) == b"stream":
+        return {fields[b"i"].decode() for _, fields in redis_sync.xrange(key)}
+    return {member.decode() for member in redis_sync.zrange(key, 0, -1)}
+
+
+async def test_expired_events_leave_every_index_while_their_lead_keeps_receiving(
+    redis_url: str, redis_sync: Redis
+) -> None:
+    """250 events of one lead and invoice expire while new ones arrive: only retained ones stay indexed."""
+    retention_s = 2
+    settings = make_settings(redis_url, OA_RETENTION_DAYS=retention_s / 86_400)
+    redis = queue.connect_arq(redis_url, timeout_s=2)
+    ledger = Ledger(redis, queue_expiry_ms=60_000, retention_s=retention_s)
+
+    async def receive(event_id: str, *, at_ms: int) -> int:
+        body = sample_body("lead.invoiced", event_id=event_id, payload={"lead_id": 7, "invoice_id": 70})
+        await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=at_ms)
+        return at_ms
+
+    try:
+        async with httpx.AsyncClient() as http:
+            worker = ArqWorker(settings, redis, http)
+            # Received a minute ago, more than two stream nodes (100 entries each), run now: they
+            # are done, and expire `retention_s` after their run.
+            minute_ago = time.time_ns() // 1_000_000 - 60_000
+            gone = [f"gone-{index:04d}" for index in range(250)]
+            for index, event_id in enumerate(gone):
+                await receive(event_id, at_ms=minute_ago + index)
+            await worker.drain()
+            assert _ids(redis_sync, lead_index_key("7")) == set(gone)
+            # Meanwhile the lead keeps receiving (which keeps its index keys alive), one event per
+            # 0.2 s, until every old event has expired from the ledger.
+            received: dict[str, int] = {}
+            deadline = time.monotonic() + 10 * retention_s
+            while any(redis_sync.exists(event_key(i)) for i in gone):
+                assert time.monotonic() < deadline, "the old events did not expire"
+                event_id = f"live-{len(received):04d}"
+                received[event_id] = await receive(event_id, at_ms=time.time_ns() // 1_000_000)
+                await worker.drain()
+                await asyncio.sleep(0.2)  # the pace of arrivals, not a wait for a condition
+            received["live-last"] = await receive("live-last", at_ms=time.time_ns() // 1_000_000)
+            await worker.drain()
+            now_ms = time.time_ns() // 1_000_000
+            await trim_indexes(redis, now_ms=now_ms, retention_s=retention_s)
+    finally:
+        await redis.aclose(close_connection_pool=True)
+    retained = {i for i, at_ms in received.items() if at_ms >= now_ms - retention_s * 1000}
+    assert "live-last" in retained
+    for key in (
+        lead_index_key("7"),
+        invoice_index_key("70"),
+        TIME_INDEX_KEY,
+        type_index_key("lead.invoiced"),
+    ):
+        left = _ids(redis_sync, key) - retained
+        assert not left, f"{key} keeps {len(left)} events past the retention, e.g. {sorted(left)[:3]}"
+        assert _ids(redis_sync, key) == retained, key
+    everything = _everything_in(redis_sync)
+    assert everything.count(b"gone-") == 0, f"Redis still holds {everything.count(b'gone-')} traces"

@@ -16,7 +16,8 @@ Keys (all prefixed `oa:`):
   the entry). They expire with the retention of their newest event.
 - `oa:idx:time` and `oa:idx:type:<type>`: streams of event ids (field `i`) with IDs
   `<received ms>-<seq>`, for the event history (service/store/history.py). A stream entry takes about
-  30 bytes where a sorted-set member takes over 100; trimmed to the retention (`MINID`).
+  30 bytes where a sorted-set member takes over 100; trimmed to the retention by the reconciler
+  (service/store/trim.py), which first takes the expired events out of their lead and invoice sets.
 """
 
 from __future__ import annotations
@@ -179,7 +180,6 @@ class Ledger:
                 lead_id,
                 invoice_id,
                 self.retention_s,
-                now_ms - self.retention_s * 1000,
             ],
         )
         return Accepted(Outcome(reply[0].decode()), sha256, reply[1].decode())

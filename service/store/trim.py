@@ -1,7 +1,9 @@
 """Trim the history indexes to the retention, so that an index entry does not outlive its event.
 
-Ingest already trims the time and type streams roughly (`XADD ... MINID ~`, whole stream nodes);
-this exact pass runs in the worker's reconciler every `OA_RECONCILE_INTERVAL_S`:
+This pass, in the worker's reconciler every `OA_RECONCILE_INTERVAL_S`, is the only trimming: ingest
+does not trim (its `XADD ... MINID ~` dropped whole stream nodes unread, and with them the only record
+of which lead and invoice sets their events were in). So the streams hold at most one interval of
+entries past the retention (about 30 bytes each, in the time stream and a type stream).
 
 - the stream entries received before `now - retention` go (`XTRIM MINID`), from `oa:idx:time` and
   from the stream of every type received so far (the `received:<type>` counters name them);

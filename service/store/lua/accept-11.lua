@@ -27,7 +27,6 @@
 -- ARGV[10] lead id, or '' when the payload has none
 -- ARGV[11] invoice id, or ''
 -- ARGV[12] retention, s: an index key lives as long as its newest event is remembered
--- ARGV[13] index cutoff, ms: stream entries received before it are trimmed (received - retention)
 local first = redis.call('HGET', KEYS[1], 'sha256')
 if first then
   if first == ARGV[3] then
@@ -40,17 +39,17 @@ end
 local seq = redis.call('INCR', KEYS[7])
 -- Stream IDs must grow. <received ms>-<seq> does unless another API process's clock is behind;
 -- then the stream's last ms is used: the order stays the acceptance order (seq) either way.
--- MINID ~ drops whole nodes of entries older than the retention: cheap, and exact trimming is
--- the reconciler's (service/store/trim.py).
+-- No trimming here: an entry dropped unread would leave its event in its lead and invoice sets
+-- for good. The reconciler reads each expired entry, then trims exactly (service/store/trim.py).
 local function index(key, ...)
-  local added = redis.pcall('XADD', key, 'MINID', '~', ARGV[13], ARGV[4] .. '-' .. seq, ...)
+  local added = redis.pcall('XADD', key, ARGV[4] .. '-' .. seq, ...)
   if type(added) == 'table' and added.err then
     local info = redis.call('XINFO', 'STREAM', key)
     local last = ARGV[4]
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then last = string.match(info[i + 1], '^(%d+)') end
     end
-    redis.call('XADD', key, 'MINID', '~', ARGV[13], last .. '-' .. seq, ...)
+    redis.call('XADD', key, last .. '-' .. seq, ...)
   end
 end
 -- The time index keeps the lead and invoice ids too, so that trimming finds their index entries
