@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -14,8 +14,10 @@ from redis import Redis
 from service.api.envelope import parse_envelope
 from service.ops.cli.sender import sample_body
 from service.store import queue
+from service.store.dlq import DeadLetters
 from service.store.history import EventState, Filters, list_events
 from service.store.ledger import (
+    DEAD_KEY,
     TIME_INDEX_KEY,
     Ledger,
     event_key,
@@ -182,3 +184,71 @@ async def test_expired_events_leave_every_index_while_their_lead_keeps_receiving
         assert _ids(redis_sync, key) == retained, key
     everything = _everything_in(redis_sync)
     assert everything.count(b"gone-") == 0, f"Redis still holds {everything.count(b'gone-')} traces"
+
+
+async def test_a_dead_letter_past_the_retention_leaves_its_lead_once_purged_or_replayed_and_expired(
+    redis_url: str, redis_sync: Redis
+) -> None:
+    """Dead past the retention: kept by lead; once purged or replayed and expired, nothing of it is left."""
+    fixed: list[bool] = []
+
+    @on("lead.sold")
+    async def crm(event: Event, ctx: Context) -> None:
+        if not fixed:
+            raise PermanentError("the CRM refuses this lead")
+
+    retention_s = 2
+    settings = make_settings(redis_url, OA_RETENTION_DAYS=retention_s / 86_400)
+    redis = queue.connect_arq(redis_url, timeout_s=2)
+    ledger = Ledger(redis, queue_expiry_ms=60_000, retention_s=retention_s)
+    dlq = DeadLetters(redis, retention_s=retention_s, queue_expiry_ms=60_000)
+    arrivals = 0
+
+    async def receive(event_id: str, *, at_ms: int) -> None:
+        body = sample_body("lead.sold", event_id=event_id, payload={"lead_id": 8, "invoice_id": 80})
+        await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=at_ms)
+
+    async def keep_receiving_until(done: Callable[[], bool]) -> None:
+        """One event of the lead every 0.2 s (which keeps its index keys alive) until `done()`."""
+        nonlocal arrivals
+        deadline = time.monotonic() + 10 * retention_s
+        while not done():
+            assert time.monotonic() < deadline, "timed out"
+            arrivals += 1
+            await receive(f"live-{arrivals:04d}", at_ms=time.time_ns() // 1_000_000)
+            await worker.drain()
+            await asyncio.sleep(0.2)  # the pace of arrivals, not a wait for a condition
+
+    async def trim() -> int:
+        return await trim_indexes(redis, now_ms=time.time_ns() // 1_000_000, retention_s=retention_s)
+
+    try:
+        async with httpx.AsyncClient() as http:
+            worker = ArqWorker(settings, redis, http)
+            minute_ago = time.time_ns() // 1_000_000 - 60_000
+            await receive("dead-purged", at_ms=minute_ago)
+            await receive("dead-replayed", at_ms=minute_ago + 1)
+            await worker.drain()
+            assert redis_sync.zrange(DEAD_KEY, 0, -1) == [b"dead-purged", b"dead-replayed"]
+            fixed.append(True)
+            await receive("live-0000", at_ms=time.time_ns() // 1_000_000)
+            assert await trim() == 2
+            # Past the retention, still dead: out of the time stream, still found by lead and invoice.
+            assert not {"dead-purged", "dead-replayed"} & _ids(redis_sync, TIME_INDEX_KEY)
+            for key in (lead_index_key("8"), invoice_index_key("80")):
+                assert {"dead-purged", "dead-replayed"} <= _ids(redis_sync, key), key
+            assert await dlq.purge("dead-purged")
+            assert await dlq.replay("dead-replayed", now_ms=time.time_ns() // 1_000_000) != []
+            await worker.drain()
+            assert redis_sync.hget(event_key("dead-replayed"), "state") == b"done"
+            await trim()
+            gone = ("dead-purged", "dead-replayed")
+            await keep_receiving_until(lambda: not any(redis_sync.exists(event_key(i)) for i in gone))
+            await trim()
+    finally:
+        await redis.aclose(close_connection_pool=True)
+    for key in (lead_index_key("8"), invoice_index_key("80")):
+        left = {"dead-purged", "dead-replayed"} & _ids(redis_sync, key)
+        assert not left, f"{key} keeps {sorted(left)} after they expired"
+    everything = _everything_in(redis_sync)
+    assert everything.count(b"dead-") == 0, f"Redis still holds {everything.count(b'dead-')} traces"

@@ -18,6 +18,8 @@ Keys (all prefixed `oa:`):
   `<received ms>-<seq>`, for the event history (service/store/history.py). A stream entry takes about
   30 bytes where a sorted-set member takes over 100; trimmed to the retention by the reconciler
   (service/store/trim.py), which first takes the expired events out of their lead and invoice sets.
+- `oa:idx:unfinished`: hash of the events past the retention that were not finished when their
+  stream entries went (dead letters, long retries), id -> their lead and invoice ids, until they are.
 """
 
 from __future__ import annotations
