@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import SECRET
 from tests.processes import BIN, Stack
+from tests.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +89,8 @@ def test_healthcheck_api_needs_both_listeners(api_only: Stack) -> None:
         healthy = subprocess.run(
             [BIN / "oa-webhooks", "healthcheck", "api"], env=env, check=False, timeout=30
         )
-        wrong = {**env, "OA_ADMIN_PORT": str(int(env["OA_ADMIN_PORT"]) + 1)}
+        # A port nobody listens on (the admin port + 1 could be another test's listener).
+        wrong = {**env, "OA_ADMIN_PORT": str(free_port())}
         unhealthy = subprocess.run(
             [BIN / "oa-webhooks", "healthcheck", "api"], env=wrong, check=False, timeout=30
         )

@@ -32,7 +32,8 @@ def signature_headers(draw: st.DrawFn, body: bytes) -> list[bytes]:
     """Mostly one header value (right, right but reformatted, wrong, or garbage); sometimes none or two."""
     right = sign(body, draw(st.sampled_from(ROTATION))).encode()
     good = st.sampled_from([right, right.upper(), b" " + right + b"\t"])
-    bad = st.sampled_from([b"sha256=" + right, right[:-1], right[:-1] + b"0"]) | st.binary(max_size=80)
+    altered = right[:-1] + (b"1" if right.endswith(b"0") else b"0")  # differs, whatever right ends in
+    bad = st.sampled_from([b"sha256=" + right, right[:-1], altered]) | st.binary(max_size=80)
     return draw(
         st.lists(good, min_size=1, max_size=1)
         | st.lists(good | bad, min_size=1, max_size=1)

@@ -113,8 +113,15 @@ def test_run_backs_off_from_a_worker_that_cannot_start_and_tells_each_error_once
         first_window = starts.read_text().count("start")
         elapsed_s = time.monotonic() - started
         (package / "bad.py").write_text(BROKEN.format(message="second failure"))
-        wait_for(lambda: b"second failure" in output.read_bytes(), timeout_s=40, what="the new error")
-        time.sleep(1)
+        # Its traceback's last line, the worker's summary line and the runner's line, each once.
+        wait_for(
+            lambda: (
+                output.read_bytes().count(b"RuntimeError: second failure") >= 3
+                and output.read_bytes().count(b"oa-webhooks run: the worker exited") >= 2
+            ),
+            timeout_s=40,
+            what="the new error, told once by each",
+        )
     finally:
         os.killpg(runner.pid, signal.SIGINT)
         runner.wait(timeout=60)

@@ -13,7 +13,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -166,25 +165,28 @@ def test_each_lead_is_seen_in_order_across_retries_workers_and_a_sigkill(
     def incomplete() -> set[int]:
         return {lead for lead in leads if any(len(done(k, lead)) < 4 for k in ("ordered", "unordered"))}
 
+    def claimed(among: set[int]) -> set[int]:
+        return {
+            lead
+            for lead in among
+            for stage in range(4)
+            if redis_sync.exists(f"arq:in-progress:lead{lead}_{stage}")
+        }
+
     # Other leads go on while the killed worker's events wait for arq's claim on them to expire:
-    # once the survivor is idle, only leads with an event still claimed by the dead worker are left.
+    # wait until the survivor is idle and every unfinished lead has an event still claimed. Its
+    # claims last OA_JOB_TIMEOUT_S + 15 s from the kill, so this must happen well before that.
     assert second.process is not None
     survivor = f"order:running:{second.process.pid}"
     left: set[int] = set()
-    for _ in range(20):
-        before = incomplete()
-        time.sleep(1)
+
+    def only_claimed_leads_left() -> bool:
+        nonlocal left
         left = incomplete()
-        if left == before and redis_sync.scard(survivor) == 0:
-            break
-    claimed = {
-        lead
-        for lead in left
-        for stage in range(4)
-        if redis_sync.exists(f"arq:in-progress:lead{lead}_{stage}")
-    }
+        return redis_sync.scard(survivor) == 0 and left == claimed(left)
+
+    wait_for(only_claimed_leads_left, timeout_s=20, interval_s=0.2, what="the leads nobody holds to finish")
     assert left, "the killed worker's events should still wait for its claims to expire"
-    assert left == claimed, (left, claimed)
     assert len(left) <= 50 < len(leads) - len(left)
     wait_for(
         lambda: all(len(done(kind, lead)) == 4 for lead in leads for kind in ("ordered", "unordered")),
