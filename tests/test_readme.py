@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from pydantic import SecretStr
+from rich.console import Console
 from rich.table import Table
 
-from service.ops.cli.status import render
+from service.ops.cli.status import tables
 from service.settings import Settings
 from service.store.stats import Snapshot
 from tests.processes import ROOT
@@ -77,7 +78,7 @@ def test_rotation_steps_name_secrets_as_status_prints_them() -> None:
         workers=[],
         last_received_s=None,
     )
-    secrets_table = render(snapshot).renderables[-1]
+    secrets_table = tables(snapshot, Console(width=80)).renderables[-1]
     assert isinstance(secrets_table, Table)
     labels = list(secrets_table.columns[0].cells)
     assert len(labels) == 2
