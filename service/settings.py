@@ -1,6 +1,6 @@
 """Typed settings, read from the environment and `.env`, validated once at start-up.
 
-Every setting but two is prefixed `OA_`; the README's settings table lists them all.
+Every setting but two is prefixed `OA_`; docs/settings.md lists them all (tests/test_docs.py checks).
 `OA_WEBHOOK_SECRET` is required by the API and the worker and may hold several comma-separated
 secrets (rotation). The operator commands (`status`, `dlq`) only read Redis: they load
 `OperatorSettings`, which do not need the secret, so they run with only `REDIS_URL` set.

@@ -161,7 +161,8 @@ def test_list_show_and_timeline_from_the_command_line(
             cursor = ["--cursor", more[1]]
         assert seen == ["other_3", "other_2", "other_1", "other_0", "l7_0"]
 
-        timeline = _cli("list", "--lead", "7", env=env)
+        # As a terminal shows it (TTY_COMPATIBLE=1): piped, the title is left out of the rows.
+        timeline = _cli("list", "--lead", "7", env=env | {"TTY_COMPATIBLE": "1", "COLUMNS": "120"})
         assert timeline.returncode == 0, timeline.stderr
         assert "created (done) -> sold (done) -> invoiced (dead) -> paid (not yet)" in " ".join(
             timeline.stdout.split()

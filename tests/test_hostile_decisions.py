@@ -1,4 +1,4 @@
-"""Odd but valid requests we accept on purpose (README "Security"), and what the worker then parses.
+"""Odd but valid requests we accept on purpose (docs/security.md), and what the worker then parses.
 
 We verify bytes, not content types: a correctly signed, valid JSON envelope is accepted whatever its
 Content-Type says, and is never parsed as a form. Each accepted body must parse in the worker too.

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.processes import wait_for, wait_until_ready
+from tests.processes import ROOT, wait_for, wait_until_ready
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +30,7 @@ def test_run_starts_redis_api_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -
     env |= {
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "OA_PORT": str(api_port),
-        "OA_ADMIN_PORT": str(free_port()),
+        "OA_ADMIN_PORT": str(admin_port := free_port()),
         "OA_LOG_FORMAT": "json",
     }
     log = (tmp_path / "run.log").open("wb")
@@ -42,6 +45,7 @@ def test_run_starts_redis_api_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -
     try:
         wait_until_ready(f"http://127.0.0.1:{api_port}")
         assert "OA_WEBHOOK_SECRET=" in (tmp_path / ".env").read_text()
+        assert re.search(r"^OA_ADMIN_TOKEN=[0-9a-f]{64}$", (tmp_path / ".env").read_text(), re.MULTILINE)
         sent = subprocess.run(
             [str(BIN / "oa-webhooks"), "send", "lead.created", "--id", "run_1"],
             cwd=tmp_path,
@@ -58,6 +62,10 @@ def test_run_starts_redis_api_and_worker_and_ctrl_c_stops_them(tmp_path: Path) -
             timeout_s=10,
             what="the example handler's log line",
         )
+        console_line = (
+            f"console on http://127.0.0.1:{admin_port}/console - sign in with OA_ADMIN_TOKEN (in .env)"
+        )
+        assert console_line in output.read_text()
         assert (tmp_path / ".data" / "redis" / "appendonlydir").is_dir()
         assert (tmp_path / ".data" / "redis" / "redis.log").stat().st_size > 0
     finally:
@@ -135,3 +143,77 @@ def test_run_backs_off_from_a_worker_that_cannot_start_and_tells_each_error_once
     assert text.count("oa-webhooks run: the worker exited") == 2, text
     assert "Events wait safely in the queue" in text
     assert "handler module brokenhandlers.bad could not be imported" in text
+
+
+CONSOLE_LINE = re.compile(
+    r"^console on (http://\S+/console) - sign in with OA_ADMIN_TOKEN \(in \.env\)$", re.MULTILINE
+)
+
+
+def test_the_template_for_compose_and_production_leaves_the_console_off() -> None:
+    """`.env.example`, which compose and production start from, has an empty OA_ADMIN_TOKEN."""
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    assert "OA_ADMIN_TOKEN=" in lines
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _sign_in(console_url: str, token: str) -> httpx.Response:
+    """Sign in through the login form as a browser would (every field it sends), then open the console."""
+    with httpx.Client(timeout=10, follow_redirects=True) as http:
+        form_page = http.get(console_url)
+        assert form_page.url.path == "/console/login", form_page.url
+        form = re.search(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', form_page.text, re.DOTALL)
+        assert form, form_page.text
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form[2]))
+        return http.post(httpx.URL(console_url).join(html.unescape(form[1])), data=fields | {"token": token})
+
+
+def test_make_run_in_a_fresh_clone_turns_the_console_on(tmp_path: Path) -> None:
+    """A fresh clone's `make run` writes a token to .env, prints the console's URL, and the token signs in."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=60)
+    venv = BIN.parent
+    redis_port, api_port, admin_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OA_") and k != "REDIS_URL"}
+    env |= {
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "OA_PORT": str(api_port),
+        "OA_ADMIN_PORT": str(admin_port),
+        "OA_LOG_FORMAT": "json",
+        "PYTHONPATH": str(clone),  # the clone's code, not this checkout's, in this virtualenv
+    }
+    output = tmp_path / "run.log"
+    log = output.open("wb")
+    # This virtualenv stands in for the clone's `.venv` (VENV=), as installed (-o: not re-installed).
+    runner = subprocess.Popen(
+        ["make", "-C", str(clone), f"VENV={venv}", "-o", f"{venv}/.installed-stamp", "run"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until_ready(f"http://127.0.0.1:{api_port}")
+        said = CONSOLE_LINE.search(output.read_text())
+        assert said, output.read_text()
+        assert said[1] == f"http://127.0.0.1:{admin_port}/console"
+        token = re.search(r"^OA_ADMIN_TOKEN=(\S+)$", (clone / ".env").read_text(), re.MULTILINE)
+        assert token, (clone / ".env").read_text()
+        wait_for(
+            lambda: _answers(f"http://127.0.0.1:{admin_port}/readyz"), timeout_s=20, what="the admin port"
+        )
+        overview = _sign_in(said[1], token[1])
+        assert (overview.status_code, overview.url.path) == (200, "/console"), overview.text
+        assert "<h1>Overview</h1>" in overview.text
+        refused = _sign_in(said[1], "not-the-token-0123456789")
+        assert (refused.status_code, refused.url.path) == (401, "/console/login")
+    finally:
+        os.killpg(runner.pid, signal.SIGINT)
+        runner.wait(timeout=60)
+        log.close()

@@ -74,7 +74,7 @@ async def test_a_woken_held_event_does_not_report_its_hold_as_queue_lag(
 @pytest.mark.xfail(
     strict=True,
     reason="known limit: a replay of an earlier event for an ordered handler is not held back by a later "
-    "event of its lead that is running that handler (README, Per-lead order)",
+    "event of its lead that is running that handler (docs/handlers.md, Per-lead order)",
 )
 async def test_a_replayed_ordered_handler_does_not_run_beside_a_later_event_of_its_lead(
     worker_ctx: dict[str, Any], redis_sync: Redis
@@ -124,7 +124,7 @@ async def test_a_held_event_leaves_oa_held_once_its_handler_is_no_longer_ordered
 @pytest.mark.xfail(
     strict=True,
     reason="known limit: order holds within the retention; the lead index key expires with its newest "
-    "event, so a dead letter older than that no longer holds its lead (README, Per-lead order)",
+    "event, so a dead letter older than that no longer holds its lead (docs/handlers.md, Per-lead order)",
 )
 async def test_a_dead_letter_past_the_retention_still_holds_its_lead_and_is_listed_by_lead(
     worker_ctx: dict[str, Any], redis_sync: Redis

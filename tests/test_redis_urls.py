@@ -1,7 +1,7 @@
 """REDIS_URL for a managed Redis: TLS, an ACL user and a percent-encoded password reach redis-py intact.
 
 Offline: the clients are built but never connect; we inspect what their pools would connect with.
-The last test runs the stack as the README's least-privilege ACL user, against a local redis-server.
+The last test runs the stack as docs/deployment.md's least-privilege ACL user, against a local redis-server.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ ACL_RULES = "~oa:* ~arq:* +@all -@dangerous -@admin +info"
 
 @pytest.mark.e2e
 def test_the_documented_acl_user_is_enough(tmp_path: Path) -> None:
-    """As the README's least-privilege ACL user: api, worker, `status`, `dlq list`, `events list` work."""
-    assert f"ACL SETUSER oa-webhooks on >PASSWORD {ACL_RULES}" in (ROOT / "README.md").read_text("utf-8")
+    """As the guide's least-privilege ACL user: api, worker, `status`, `dlq list`, `events list` work."""
+    guide = (ROOT / "docs" / "deployment.md").read_text("utf-8")
+    assert f"ACL SETUSER oa-webhooks on >PASSWORD {ACL_RULES}" in guide
     server = RedisServer(tmp_path / "redis", password="admin-password")
     server.start()
     admin = server.client()

@@ -7,8 +7,9 @@
 5. `respond`           - 202 only once Redis has confirmed the write.
 
 The endpoint is a plain ASGI function, called by `service.app.ReceiverApp` ahead of FastAPI's
-middleware and routing: that stack cost more per request than all five steps together (README
-"Performance"). The HTTP server bounds how long the head and the body may take (service/api/server.py).
+middleware and routing: that stack cost more per request than all five steps together (see
+docs/performance.md). The HTTP server bounds how long the head and the body may take
+(service/api/server.py).
 """
 
 from __future__ import annotations

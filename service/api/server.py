@@ -2,7 +2,7 @@
 
 httptools (llhttp) is the fast parser, about four times h11's request rate here, but uvicorn's
 protocol for it reads a request head of any size and has no deadline for a head or a body. The
-subclass below adds exactly those guards. See README "Security".
+subclass below adds exactly those guards. See docs/security.md.
 """
 
 from __future__ import annotations

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from service.ops.cli import render
+from service.ops.cli.event_views import FINISHING_TEXT
 from service.ops.cli.redis_access import operator_redis, operator_settings
-from service.ops.cli.render import FINISHING_TEXT
-from service.store.dlq import DeadLetters
+from service.store.dlq import DeadLetter, DeadLetters
 from service.store.replay import ReplayResult, ReplayStatus
 
 if TYPE_CHECKING:
@@ -38,22 +38,44 @@ def _run(action: Callable[[DeadLetters], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
-def _error_text(error: dict[str, Any] | None) -> str:
-    return "" if not error else f"{error.get('type', '')}: {error.get('message', '')}"[:80]
+def _error(letter: DeadLetter, *, limit: int | None = None) -> str:
+    error = letter.last_error
+    text = "" if not error else f"{error.get('type', '')}: {error.get('message', '')}"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+COLUMNS: tuple[render.Column[DeadLetter], ...] = (
+    render.Column("id", "id", lambda x: x.id),
+    render.Column("handler", "handler", lambda x: x.handler),
+    render.Column("type", "type", lambda x: x.type, drop=2),
+    render.Column("tries", "attempts", lambda x: str(x.attempts), justify="right", drop=3),
+    # The table shows the start of the message; the tab-separated line has it whole.
+    render.Column(
+        "last error",
+        "last_error",
+        lambda x: _error(x, limit=80),
+        _error,
+        prose=True,
+        min_width=24,
+        max_width=40,
+        drop=1,
+    ),
+    render.Column(
+        "dead at (UTC)", "dead_at", lambda x: render.when(x.dead_at), lambda x: x.dead_at or "", drop=4
+    ),
+)
 
 
 @app.command("list")
 def list_(event_type: TypeOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """One row per dead handler of each dead event, oldest first."""
+    """One row per dead handler of each dead event, oldest first. Piped: tab-separated."""
     letters = _run(lambda dlq: dlq.letters(event_type=event_type))
     if as_json:
         typer.echo(json.dumps([x.summary() for x in letters], indent=2))
         return
-    table = Table("id", "type", "handler", "attempts", "last error", "dead at")
-    for x in letters:
-        table.add_row(x.id, x.type, x.handler, str(x.attempts), _error_text(x.last_error), x.dead_at or "")
-    Console().print(table)
-    typer.echo(f"{len(letters)} dead letter(s). Replay: oa-webhooks dlq replay ID (or --all)")
+    console = Console()
+    render.print_rows(console, COLUMNS, letters)
+    render.hint(console, f"{len(letters)} dead letter(s). Replay: oa-webhooks dlq replay ID (or --all)")
 
 
 @app.command()

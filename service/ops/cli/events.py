@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from service.ops.cli import render
+from service.ops.cli import event_views, render
 from service.ops.cli.options import (
     CursorOpt,
     InvoiceOpt,
@@ -78,7 +78,7 @@ def list_(  # noqa: PLR0917 - typer: one parameter per option
     cursor: CursorOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="a JSON array instead of a table")] = False,
 ) -> None:
-    """Events, newest first; the filters combine. With --lead, the lead's timeline."""
+    """Events, newest first; the filters combine. With --lead, the lead's timeline. Piped: tab-separated."""
     filters = build_filters(
         types=types,
         state=state,
@@ -90,17 +90,16 @@ def list_(  # noqa: PLR0917 - typer: one parameter per option
         cursor=cursor,
     )
     page = _run(lambda redis, _: list_events(redis, filters))
+    console = Console()
     if as_json:
         typer.echo(json.dumps([e.to_json() for e in page.events], indent=2))
+    elif lead is not None:
+        event_views.print_timeline(console, lead, page.events[::-1])
     else:
-        console = Console()
-        if lead is not None:
-            console.print(render.timeline(lead, page.events[::-1]))
-        else:
-            console.print(render.table(page.events))
-            typer.echo(f"{len(page.events)} event(s). Details: oa-webhooks events show ID")
-    if page.next_cursor:
-        typer.echo(f"more: --cursor {page.next_cursor}", err=as_json)
+        event_views.print_events(console, page.events)
+        render.hint(console, f"{len(page.events)} event(s). Details: oa-webhooks events show ID")
+    if page.next_cursor:  # on stderr where stdout is for scripts, so that the rows stay rows
+        typer.echo(f"more: --cursor {page.next_cursor}", err=as_json or not console.is_terminal)
 
 
 @app.command()
@@ -116,7 +115,7 @@ def show(
     if as_json:
         typer.echo(json.dumps(record.to_json(), indent=2, ensure_ascii=False))
         return
-    render.record(Console(), record)
+    event_views.record(Console(), record)
 
 
 def _check_handler(name: str, settings: Settings) -> None:
@@ -185,14 +184,14 @@ def replay(  # noqa: PLR0917 - typer: one parameter per option
         bulk = filters is not None or len(ids) > 1
         if dry_run or (bulk and not yes):
             planned = await replayer.replay_many(ids, handler=handler, dry_run=True)
-            typer.echo(render.replay_plan(planned, unfinished=unfinished, dry_run=dry_run))
+            typer.echo(event_views.replay_plan(planned, unfinished=unfinished, dry_run=dry_run))
             if dry_run or not any(r.status is ReplayStatus.DRY_RUN for r in planned):
                 _exit_if_single_refused(event_ids, filters, planned)
                 return
             typer.confirm("Replay them?", abort=True)
             ids = [r.id for r in planned if r.status is ReplayStatus.DRY_RUN]
         results = await _replay_with_progress(replayer, ids, handler=handler, rate_per_s=per_s)
-        typer.echo(render.replay_done(results, unfinished=unfinished))
+        typer.echo(event_views.replay_done(results, unfinished=unfinished))
         _exit_if_single_refused(event_ids, filters, results)
 
     _run(go)

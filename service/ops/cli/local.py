@@ -36,17 +36,43 @@ DATA_DIR = Path(".data/redis")
 
 
 def _ensure_env_file() -> None:
-    """First run: write `.env` with a random development secret, so `make run` works at once."""
+    """First run: write `.env` with a random secret and console token, so `make run` works at once.
+
+    The console is on under `make run` (a random `OA_ADMIN_TOKEN`). `.env.example`, which compose
+    and production start from, leaves the token empty: there the console stays off until set.
+    """
     env = Path(".env")
     if os.environ.get("OA_WEBHOOK_SECRET") or env.exists():
         return
     example = Path(".env.example")
     text = example.read_text(encoding="utf-8") if example.exists() else "OA_WEBHOOK_SECRET=change-me\n"
-    env.write_text(
-        text.replace("OA_WEBHOOK_SECRET=change-me", f"OA_WEBHOOK_SECRET={secrets.token_hex(24)}"),
-        encoding="utf-8",
+    text = text.replace("OA_WEBHOOK_SECRET=change-me", f"OA_WEBHOOK_SECRET={secrets.token_hex(24)}")
+    token = f"OA_ADMIN_TOKEN={secrets.token_hex(32)}"
+    lines = text.splitlines()
+    if "OA_ADMIN_TOKEN=" in lines:
+        lines[lines.index("OA_ADMIN_TOKEN=")] = token
+    elif not any(line.startswith("OA_ADMIN_TOKEN=") for line in lines):
+        lines.append(token)
+    env.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    typer.echo(
+        "wrote .env with a random OA_WEBHOOK_SECRET and OA_ADMIN_TOKEN for local use; "
+        "put your real webhook secret there"
     )
-    typer.echo("wrote .env with a random OA_WEBHOOK_SECRET for local use; put your real secret there")
+
+
+def _console_line(settings: Settings) -> str:
+    """Where the console is and how to sign in, or how to turn it on."""
+    if settings.admin_token is None:
+        return "console off: set OA_ADMIN_TOKEN in .env (openssl rand -hex 32) to turn it on"
+    where = "in .env" if "OA_ADMIN_TOKEN" not in os.environ else "in the environment"
+    url = f"http://{_local(settings.admin_host)}:{settings.admin_port}/console"
+    return f"console on {url} - sign in with OA_ADMIN_TOKEN ({where})"
+
+
+def _local(host: str) -> str:
+    """How this machine reaches a listener bound to `host`: a wildcard bind on loopback."""
+    address = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104
+    return f"[{address}]" if ":" in address else address
 
 
 def durable_redis_args(*, appendfsync: str = "always") -> list[str]:
@@ -139,6 +165,7 @@ def run() -> None:
         f"API on http://{settings.host}:{settings.port} - try: oa-webhooks send lead.created; "
         f"/metrics and /readyz on http://{settings.admin_host}:{settings.admin_port}"
     )
+    typer.echo(_console_line(settings))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
@@ -180,9 +207,7 @@ def _api_alive(port: int, admin_host: str, admin_port: int) -> bool:
 
     Liveness only: a Redis outage (readyz 503) must not make the API look dead, as /healthz says.
     """
-    # A wildcard bind is reached on loopback; a specific address only on itself.
-    admin = "127.0.0.1" if admin_host in {"0.0.0.0", "::", ""} else admin_host  # noqa: S104
-    admin = f"[{admin}]" if ":" in admin else admin
+    admin = _local(admin_host)
     try:
         with httpx.Client(timeout=3) as http:
             public_ok = http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200

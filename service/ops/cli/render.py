@@ -1,147 +1,167 @@
-"""How `oa-webhooks events` prints: the list table, a lead's timeline, one record, replay summaries."""
+"""How the operator commands print: tables that fit the terminal, tab-separated rows in a pipe.
+
+A list command describes its columns once (`Column`) and hands its rows to `print_rows`:
+
+- on a terminal, a table no wider than the terminal. A cell stays whole on one line (an id, a
+  type, a handler name, a time) unless its column may `wrap` at spaces (a list of handlers) or is
+  `prose` (an error message). Columns with a `drop` rank are added from the lowest rank up, each
+  only if rich then renders every word whole within the width: a narrow terminal gets fewer
+  columns, never a cut id. (Only when even the columns that stay are too wide are they folded onto
+  more lines, still whole.)
+- anywhere else (a pipe, a file), a header line of the `--json` names, then one tab-separated line
+  per row, as `gh` does: every value whole, on one line.
+
+rich decides what a terminal is: `TTY_COMPATIBLE=1` asks for the table in a pipe, `=0` for the rows.
+A new list command (say `oa-webhooks handlers`) defines its columns and calls `print_rows` too.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from rich import box
+from rich.cells import cell_len
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from service.store.history import LEAD_STAGES, EventState, ReplayStatus, iso
-
 if TYPE_CHECKING:
-    from rich.console import Console
+    from collections.abc import Callable, Sequence
 
-    from service.store.history import EventRecord, EventSummary, ReplayResult
+    from rich.console import Console, JustifyMethod
 
-_STYLE = {
-    EventState.DONE: "green",
-    EventState.DEAD: "red",
-    EventState.RETRYING: "yellow",
-    EventState.RUNNING: "cyan",
-    EventState.QUEUED: "cyan",
-    EventState.UNHANDLED: "dim",
-    EventState.PURGED: "dim",
-}
+R = TypeVar("R")
 
 
-def _handlers(event: EventSummary) -> str:
-    return ", ".join(f"{name.rsplit('.', 1)[-1]}: {state}" for name, state in sorted(event.handlers.items()))
+@dataclass(frozen=True, slots=True)
+class Column(Generic[R]):
+    """One column of a list: its headers, its cell, and how it gives way when the terminal is narrow."""
+
+    header: str  # in the table
+    name: str  # in the tab-separated header line: the key `--json` uses
+    cell: Callable[[R], str | Text]  # in the table
+    value: Callable[[R], str] | None = None  # in the tab-separated rows; by default the cell's text
+    drop: int = 0  # 0: always shown; otherwise shown if it fits, the lowest rank first
+    wrap: bool = False  # may wrap between words (never inside one)
+    prose: bool = False  # free text (an error message): may wrap anywhere
+    min_width: int | None = None  # a prose column that would be narrower is left out instead
+    max_width: int | None = None  # wrap a long text at this width
+    justify: JustifyMethod = "left"
+
+    def text(self, row: R) -> str:
+        """The tab-separated value: whole, on one line."""
+        raw = self.value(row) if self.value is not None else self.cell(row)
+        plain = raw.plain if isinstance(raw, Text) else raw
+        return " ".join(plain.split()) if any(c in plain for c in "\t\n\r") else plain
 
 
-def _state(event: EventSummary) -> Text:
-    return Text(event.state.value + (" (held)" if event.held else ""), style=_STYLE[event.state])
+@dataclass(frozen=True, slots=True)
+class _Titles:
+    title: str | None = None
+    caption: str | None = None
+    show_header: bool = True
 
 
-def table(events: list[EventSummary]) -> Table:
-    """The `events list` table."""
-    out = Table("id", "type", "state", "received (UTC)", "lead", "invoice", "attempts", "handlers")
-    for e in events:
-        out.add_row(
-            e.id,
-            e.type,
-            _state(e),
-            e.received_at,
-            e.lead_id or "",
-            e.invoice_id or "",
-            str(e.attempts),
-            _handlers(e),
-        )
-    return out
-
-
-def timeline(lead_id: str, events: list[EventSummary]) -> Table:
-    """A lead's timeline, oldest first: created -> sold -> invoiced -> paid, with each handler's outcome."""
-    reached = {e.type: e.state for e in events}
-    steps = " -> ".join(
-        f"{stage.removeprefix('lead.')} ({reached[stage].value})"
-        if stage in reached
-        else f"{stage.removeprefix('lead.')} (not yet)"
-        for stage in LEAD_STAGES
+def _table(columns: Sequence[Column[R]], rows: Sequence[R], titles: _Titles, *, fold: bool = False) -> Table:
+    # gh's look: no borders, a rule under the header, two spaces between columns.
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        header_style="bold",
+        title=titles.title,
+        caption=titles.caption,
+        show_header=titles.show_header,
     )
-    out = Table("received (UTC)", "type", "id", "state", "handlers", title=f"lead {lead_id}: {steps}")
-    for e in events:
-        out.add_row(e.received_at, e.type, e.id, _state(e), _handlers(e))
-    return out
-
-
-def record(console: Console, rec: EventRecord) -> None:
-    """`events show`: the whole record."""
-    s = rec.summary
-    secret = "unknown" if rec.secret_index is None else f"#{rec.secret_index + 1} of OA_WEBHOOK_SECRET"
-    console.print(f"[bold]{s.id}[/bold]  {s.type}  [{_STYLE[s.state]}]{s.state.value}[/]")
-    if s.held:
-        console.print(
-            f"[red]held[/red]: ordered handler {s.held['handler']} waits for {s.held['behind']}, which is "
-            "dead (replay it) or held itself"
+    for c in columns:
+        table.add_column(
+            c.header,
+            justify=c.justify,
+            no_wrap=not (c.wrap or c.prose or fold),
+            overflow="fold",
+            min_width=c.min_width,
+            max_width=c.max_width,
         )
-    for label, value in (
-        ("received", s.received_at),
-        ("queued", iso(rec.queued_ms)),
-        ("started", iso(rec.started_ms)),
-        ("finished", iso(rec.finished_ms)),
-        ("secret", secret),
-        ("sha256", rec.sha256),
-        ("lead", s.lead_id),
-        ("invoice", s.invoice_id),
-    ):
-        if value:
-            console.print(f"  {label:<9} {value}")
-    console.print("body:", style="bold")
-    console.print(rec.body_text, markup=False, highlight=False)
-    for h in rec.handlers:
-        console.print(f"handler [bold]{h.name}[/bold]: {h.state}, {h.attempts} attempt(s)")
-        if h.runs and h.runs[0].number > 1:
-            console.print(f"  (the last {len(h.runs)} attempts are kept)")
-        for a in h.runs:
-            outcome = "ok" if a.error is None else f"{a.error.type}: {a.error.message}"
-            console.print(
-                f"  attempt {a.number}  {a.started_at}  {a.duration_ms:.1f} ms  {outcome}", markup=False
-            )
-            if a.error is not None and a.error.traceback:
-                console.print(_indent(a.error.traceback), markup=False, highlight=False, style="dim")
-        for r in h.replays:
-            console.print(f"  replayed {r.at}")
-    for r in rec.replays:
-        which = ", ".join(r.handlers) if r.handlers else "every handler of its type"
-        console.print(f"replay {r.at}: {which}", markup=False)
+    for row in rows:
+        table.add_row(*(c.cell(row) for c in columns))
+    return table
 
 
-def _indent(text: str) -> str:
-    return "\n".join(f"      {line}" for line in text.rstrip().splitlines())
+def _fits(console: Console, columns: Sequence[Column[R]], rows: Sequence[R], titles: _Titles) -> bool:
+    """True when rich renders the table within the console's width with every word whole (prose aside)."""
+    lines = list(Segment.split_lines(console.render(_table(columns, rows, titles), console.options)))
+    if any(Segment.get_line_length(line) > console.width for line in lines):
+        return False
+    rendered = "\n".join("".join(segment.text for segment in line) for line in lines)
+    texts = [c.header for c in columns] + [
+        _plain(c.cell(row)) for row in rows for c in columns if not c.prose
+    ]
+    return all(word in rendered for text in texts for word in text.split())
 
 
-def _which(results: list[ReplayResult], status: ReplayStatus) -> str:
-    counts = Counter(
-        ", ".join(r.handlers) or "every handler of its type" for r in results if r.status is status
-    )
-    return "; ".join(f"{handlers} ({n})" for handlers, n in sorted(counts.items()))
+def _widest(columns: Sequence[Column[R]], rows: Sequence[R]) -> list[R]:
+    """The rows that hold each column's longest cell and longest word.
+
+    rich sizes each column by these alone, so they fit when all rows do; trying every row of a
+    thousand, once per column, would take seconds.
+    """
+    chosen: dict[int, R] = {}
+    for c in columns:
+        texts = [(i, _plain(c.cell(row))) for i, row in enumerate(rows)]
+        for measure in (cell_len, lambda text: max(map(cell_len, text.split()), default=0)):
+            if texts:
+                i = max(texts, key=lambda item: measure(item[1]))[0]
+                chosen[i] = rows[i]
+    return [chosen[i] for i in sorted(chosen)]
 
 
-FINISHING_TEXT = "still being finished by a worker (replay again in a moment)"
+def _plain(cell: str | Text) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
 
 
-def _skipped(results: list[ReplayResult], unfinished: int) -> str:
-    not_final = unfinished + sum(r.status is ReplayStatus.NOT_FINAL for r in results)
-    missing = sum(r.status is ReplayStatus.MISSING for r in results)
-    finishing = sum(r.status is ReplayStatus.FINISHING for r in results)
-    parts = [f"{not_final} not finished (queued, running or retrying) or purged"] if not_final else []
-    parts += [f"{finishing} {FINISHING_TEXT}"] if finishing else []
-    parts += [f"{missing} not in the ledger"] if missing else []
-    return f"; skipped {', '.join(parts)}" if parts else ""
+def fitted_table(
+    console: Console,
+    columns: Sequence[Column[R]],
+    rows: Sequence[R],
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    show_header: bool = True,
+) -> Table:
+    """The table of `rows` for `console`: the columns without `drop`, then each other one that fits."""
+    titles = _Titles(title, caption, show_header)
+    widest = _widest(columns, rows)
+    kept = [c for c in columns if not c.drop]
+    for candidate in sorted((c for c in columns if c.drop), key=lambda c: c.drop):
+        trial = [c for c in columns if c is candidate or any(c is k for k in kept)]
+        if _fits(console, trial, widest, titles):
+            kept = trial
+    if _fits(console, kept, widest, titles):
+        return _table(kept, rows, titles)
+    # Even the columns that always show are wider than the terminal: fold them, never cut them.
+    return _table(kept, rows, titles, fold=True)
 
 
-def replay_plan(results: list[ReplayResult], *, unfinished: int, dry_run: bool) -> str:
-    """What a replay would do: how many events, which handlers."""
-    count = sum(r.status is ReplayStatus.DRY_RUN for r in results)
-    verb = "would replay" if dry_run else "will replay"
-    handlers = _which(results, ReplayStatus.DRY_RUN)
-    return f"{verb} {count} event(s){': ' + handlers if handlers else ''}{_skipped(results, unfinished)}"
+def print_rows(console: Console, columns: Sequence[Column[R]], rows: Sequence[R], *, title: str = "") -> None:
+    """A table on a terminal (with `title` above it); tab-separated lines anywhere else."""
+    if console.is_terminal:
+        if title:
+            console.print(title, markup=False, highlight=False)
+        console.print(fitted_table(console, columns, rows))
+        return
+    lines = ["\t".join(c.name for c in columns)]
+    lines += ["\t".join(c.text(row) for c in columns) for row in rows]
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
 
 
-def replay_done(results: list[ReplayResult], *, unfinished: int) -> str:
-    """What a replay did."""
-    count = sum(r.status is ReplayStatus.REPLAYED for r in results)
-    handlers = _which(results, ReplayStatus.REPLAYED)
-    return f"replayed {count} event(s){': ' + handlers if handlers else ''}{_skipped(results, unfinished)}"
+def hint(console: Console, text: str) -> None:
+    """A line for the reader under a table (a count, what to do next); nothing in a pipe."""
+    if console.is_terminal:
+        console.print(text, markup=False, highlight=False)
+
+
+def when(iso_time: str | None) -> str:
+    """An ISO-8601 UTC time as a table shows it: to the second, a space between date and time."""
+    return (iso_time or "")[:19].replace("T", " ")
