@@ -26,6 +26,15 @@ _STYLE = {
 }
 
 
+# Why a handler waits to start on an event (`events show`), with what ends it.
+WAIT_REASONS = {
+    "paused": "is paused by an operator (oa-webhooks handlers resume NAME ends it)",
+    "tripped": "is tripped: its downstream failed again and again; a probe runs every OA_BREAKER_PROBE_S",
+    "concurrency": "is at its concurrency limit; it starts when a run ends",
+    "rate": "is at its rate limit; it starts when the window allows",
+}
+
+
 def _handlers(event: EventSummary) -> str:
     return ", ".join(f"{name.rsplit('.', 1)[-1]}: {state}" for name, state in sorted(event.handlers.items()))
 
@@ -76,6 +85,7 @@ def record(console: Console, rec: EventRecord) -> None:
             f"[red]held[/red]: ordered handler {s.held['handler']} waits for {s.held['behind']}, which is "
             "dead (replay it) or held itself"
         )
+    _waits(console, rec)
     for label, value in (
         ("received", s.received_at),
         ("queued", iso(rec.queued_ms)),
@@ -106,6 +116,11 @@ def record(console: Console, rec: EventRecord) -> None:
     for r in rec.replays:
         which = ", ".join(r.handlers) if r.handlers else "every handler of its type"
         console.print(f"replay {r.at}: {which}", markup=False)
+
+
+def _waits(console: Console, rec: EventRecord) -> None:
+    for name, (why, since) in sorted(rec.waiting.items()):
+        console.print(f"[yellow]waiting[/yellow]: {name} {WAIT_REASONS.get(why, why)}, since {iso(since)}")
 
 
 def _indent(text: str) -> str:
