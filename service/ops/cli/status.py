@@ -18,6 +18,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from service.ops.cli.handlers import handlers_table
 from service.ops.cli.redis_access import operator_redis, operator_settings
 from service.store.stats import Snapshot, read_snapshot
 
@@ -91,7 +92,10 @@ def render(snapshot: Snapshot) -> Group:
     secrets = Table("secret (position in OA_WEBHOOK_SECRET)", "events verified", title="Secrets used")
     for index, count in sorted(s.per_type("secret").items()):
         secrets.add_row(f"#{int(index) + 1}", str(count))
-    return Group(queue_table, events, workers, secrets)
+    tables = [queue_table, events, workers]
+    if s.handlers:
+        tables.append(handlers_table(s.handlers))
+    return Group(*tables, secrets)
 
 
 def _verdict(snapshot: Snapshot, max_lag_s: float | None) -> list[str]:
