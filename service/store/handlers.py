@@ -36,6 +36,13 @@ FAILS_KEY = "oa:breaker:fails"
 # A handler no worker has registered for this long (a deploy removed it) is no longer listed.
 FORGET_AFTER_MS = 7 * 86_400_000
 _RESUME = load_script("service.store", "resume-3")
+# Why a handler waits to start on an event (`events show`), with what ends it.
+WAIT_REASONS = {
+    "paused": "is paused by an operator (oa-webhooks handlers resume NAME ends it)",
+    "tripped": "is tripped: its downstream failed again and again; a probe runs every OA_BREAKER_PROBE_S",
+    "concurrency": "is at its concurrency limit; it starts when a run ends",
+    "rate": "is at its rate limit; it starts when the window allows",
+}
 
 
 def slots_key(name: str) -> str:

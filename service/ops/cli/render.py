@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
+from service.store.handlers import WAIT_REASONS
 from service.store.history import LEAD_STAGES, EventState, ReplayStatus, iso
 
 if TYPE_CHECKING:
@@ -23,15 +24,6 @@ _STYLE = {
     EventState.QUEUED: "cyan",
     EventState.UNHANDLED: "dim",
     EventState.PURGED: "dim",
-}
-
-
-# Why a handler waits to start on an event (`events show`), with what ends it.
-WAIT_REASONS = {
-    "paused": "is paused by an operator (oa-webhooks handlers resume NAME ends it)",
-    "tripped": "is tripped: its downstream failed again and again; a probe runs every OA_BREAKER_PROBE_S",
-    "concurrency": "is at its concurrency limit; it starts when a run ends",
-    "rate": "is at its rate limit; it starts when the window allows",
 }
 
 
