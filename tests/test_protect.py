@@ -32,7 +32,7 @@ from service.store.history import show_event
 from service.store.ledger import event_key
 from tests.conftest import make_settings
 from tests.test_order import Driver, Seen, _accept, _register, _state
-from workers.registry import registered
+from workers.registry import Rate, registered
 from workers.runtime.claim import Claimer
 from workers.runtime.protect import claim_plan, handler_spec
 
@@ -260,3 +260,37 @@ async def test_breaker_false_opts_out(ctx: dict[str, Any], redis_sync: Redis) ->
     await Fleet(ctx, redis_sync).drain()
     assert not redis_sync.hexists(BREAKER_KEY, crm)
     assert redis_sync.zcard("oa:dead") == 4
+
+
+def test_on_refuses_limits_that_cannot_work() -> None:
+    """A concurrency below 1, or a rate not written as N/s, N/m or N/h, is refused at import, saying why."""
+    from workers import on  # noqa: PLC0415
+
+    for bad in ({"concurrency": 0}, {"concurrency": True}, {"rate": "10"}, {"rate": "0/s"}, {"rate": "5/d"}):
+        with pytest.raises(ValueError, match=r"^(concurrency|rate)=") as caught:
+            on("lead.created", **bad)
+        assert "at least 1" in str(caught.value) or "such as '10/s'" in str(caught.value)
+    assert [str(Rate.parse(text)) for text in ("10/s", "600 / m", "5000/h")] == ["10/s", "600/m", "5000/h"]
+    assert Rate.parse("600/m").window_s == 60
+
+
+async def test_probes_rotate_over_every_waiting_event(ctx: dict[str, Any], redis_sync: Redis) -> None:
+    """While the downstream stays down, each probe goes to the event that has waited longest."""
+    crm = _register("crm", "lead.created", seen=[], fail=lambda _e, _c: True, max_tries=3)
+    fleet = Fleet(ctx, redis_sync)
+    for i in range(3):
+        await _accept(ctx, f"t{i}", "lead.created", lead_id=i)
+    await fleet.drain(rounds=1)
+    assert redis_sync.hexists(BREAKER_KEY, crm)
+    for i in range(4):
+        await _accept(ctx, f"w{i}", "lead.created", lead_id=10 + i)
+    probed: list[str] = []
+    for _ in range(7):
+        await asyncio.sleep(PROBE_MS / 1000 + 0.02)
+        for job in await fleet.claim():
+            if crm in job.probes:
+                probed.append(job.id)
+            await fleet.run(job)
+    assert len(probed) == 7
+    assert set(probed) == {"t0", "t1", "t2", "w0", "w1", "w2", "w3"}, probed
+    assert redis_sync.zcard("oa:dead") == 0

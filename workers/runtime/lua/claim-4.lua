@@ -100,13 +100,20 @@ local function blocker(h, key, seq)
   end
 end
 
+-- Slots and starts are timed by Redis's own clock, not the worker's: a worker whose clock is behind,
+-- or whose call reached Redis late, cannot start a run early. `at(ms)` turns such a time into a
+-- queue score (the worker's clock).
+local clock = redis.call('TIME')
+local redis_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function at(redis_ms) return now + math.max(0, redis_ms - redis_now) end
+
 -- Per handler, read once per call: its running slots and its starts within the window.
 local slots, starts = {}, {}
 local function slot_use(h)
   local use = slots[h.n]
   if not use then
     local key = plan.slots .. h.n
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)  -- slots of killed workers, past their ttl
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', redis_now)  -- slots of killed workers, past their ttl
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     use = {key = key, n = redis.call('ZCARD', key), first = tonumber(first[2])}
     slots[h.n] = use
@@ -117,47 +124,75 @@ local function start_use(h)
   local use = starts[h.n]
   if not use then
     local key = plan.starts .. h.n
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - h.r[2])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', redis_now - h.r[2])
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    use = {key = key, n = redis.call('ZCARD', key), first = tonumber(first[2]) or now, denied = 0}
+    use = {key = key, n = redis.call('ZCARD', key), first = tonumber(first[2]) or redis_now, denied = 0}
     starts[h.n] = use
   end
   return use
 end
 
+-- The event that has waited longest for handler h and is still queued (nil if none); entries of
+-- events that left the queue are dropped on the way.
+local function first_waiter(h)
+  local key = plan.waiting .. h.n
+  for _ = 1, 16 do
+    local head = redis.call('ZRANGE', key, 0, 0)[1]
+    if not head or redis.call('ZSCORE', KEYS[1], head) then return head end
+    redis.call('ZREM', key, head)
+  end
+  return nil
+end
+
 -- Why handler h cannot start now, and when to look again; nil when it may (and whether as a probe).
-local function hold_back(h)
+local function hold_back(h, id)
   local p = paused[h.n]
   if p and (not p.until_ms or tonumber(p.until_ms) > now) then
     return 'paused', p.until_ms and math.min(tonumber(p.until_ms), now + plan.pause_ms) or now + plan.pause_ms
   end
   local br = h.b and tripped[h.n]
-  if br and now < tonumber(br.probe_ms) then return 'tripped', tonumber(br.probe_ms) end
+  if br then
+    if now < tonumber(br.probe_ms) then return 'tripped', tonumber(br.probe_ms) end
+    -- The probe is due. It goes to the event that has waited longest for this handler, so that
+    -- probes rotate over the waiting events (a failed probe's event queues up again at the back).
+    local head = first_waiter(h)
+    if head and head ~= id then
+      redis.call('ZADD', KEYS[1], 'XX', 'LT', now, head)
+      if redis.call('EXISTS', prefix .. head) == 1 then redis.call('HSET', plan.event .. head, 'woken', '1') end
+      return 'tripped', now + plan.probe_ms
+    end
+  end
   if h.c then
     local use = slot_use(h)
-    if use.n >= h.c then return 'concurrency', math.min(now + plan.busy_ms, use.first or now + plan.busy_ms) end
+    if use.n >= h.c then return 'concurrency', math.min(now + plan.busy_ms, at(use.first or redis_now + plan.busy_ms)) end
   end
   if h.r then
     local use = start_use(h)
     if use.n >= h.r[1] then
       -- Spread the waiting events over the window instead of waking them all at the same moment.
       use.denied = use.denied + 1
-      return 'rate', use.first + h.r[2] + math.floor((use.denied - 1) * h.r[2] / h.r[1])
+      return 'rate', at(use.first + h.r[2] + math.floor((use.denied - 1) * h.r[2] / h.r[1]))
     end
   end
   return nil, br
+end
+
+-- Handler h of event id no longer waits for the handler itself.
+local function forget_wait(h, id, key)
+  redis.call('ZREM', plan.waiting .. h.n, id)
+  redis.call('HDEL', key, 'wait:' .. h.n)
 end
 
 -- Take what handler h's run uses: a slot, a start, the breaker's probe; it no longer waits.
 local function grant(h, id, key, waited, br)
   if h.c then
     local use = slot_use(h)
-    redis.call('ZADD', use.key, now + plan.slot_ttl_ms, id)
+    redis.call('ZADD', use.key, redis_now + plan.slot_ttl_ms, id)
     use.n = use.n + 1
   end
   if h.r then
     local use = start_use(h)
-    redis.call('ZADD', use.key, now, id .. '@' .. now)
+    redis.call('ZADD', use.key, redis_now, id .. '@' .. redis_now)
     use.n = use.n + 1
   end
   if br then
@@ -165,10 +200,7 @@ local function grant(h, id, key, waited, br)
     br.probe_ms = now + plan.probe_ms
     redis.call('HSET', KEYS[4], h.n, cjson.encode(br))
   end
-  if waited then
-    redis.call('ZREM', plan.waiting .. h.n, id)
-    redis.call('HDEL', key, 'wait:' .. h.n)
-  end
+  if waited then forget_wait(h, id, key) end
 end
 
 -- Handler h of event id waits for `reason` (not for order): listed with the handler, and the event
@@ -213,13 +245,17 @@ local function decide(id)
   for j, h in ipairs(mine) do
     local raw, wait = stored[2 * j - 1], stored[2 * j]
     local s = raw and cjson.decode(raw) or {state = 'pending'}
-    if s.state == 'pending' then
+    if s.state ~= 'pending' and wait then
+      forget_wait(h, id, key)  -- it ran by another path (a replay, a deploy that removed a limit)
+    elseif s.state == 'pending' then
       -- A missing next_ms is 0: a record may leave out fields that hold their defaults.
       local due_ms = tonumber(s.next_ms) or 0
       local by, holds = nil, false
       if h.k and ids[h.k] then by, holds = blocker(h, ids[h.k], seq) end
       local reason, at, br
       if by then
+        -- Order comes first: while it waits for an earlier event it does not wait for the handler.
+        if wait then forget_wait(h, id, key) end
         -- The earlier event's finish wakes this one (workers/runtime/lua/finish-12.lua).
         redis.call('HSET', plan.event .. by, 'w:' .. h.n, id)
         if holds and not held then held = h.n .. ' ' .. by end
@@ -228,7 +264,7 @@ local function decide(id)
         -- Its retry is not due yet: nothing to hold back, the job comes back when it is.
         if not later or due_ms < later then later = due_ms end
       else
-        local why, what = hold_back(h)
+        local why, what = hold_back(h, id)
         if why then reason, at = why, what else br = what end
       end
       if reason then
