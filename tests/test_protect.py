@@ -294,3 +294,68 @@ async def test_probes_rotate_over_every_waiting_event(ctx: dict[str, Any], redis
     assert len(probed) == 7
     assert set(probed) == {"t0", "t1", "t2", "w0", "w1", "w2", "w3"}, probed
     assert redis_sync.zcard("oa:dead") == 0
+
+
+async def test_an_ordered_handler_keeps_each_leads_order_under_a_limit_a_pause_and_its_breaker(
+    ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """ordered=True with concurrency=1 and rate: paused, tripped and probed, each lead still runs in order."""
+    down = [False]
+    seen: Seen = []
+    mirror = _register(
+        "mirror",
+        "lead.*",
+        seen=seen,
+        fail=lambda _e, _c: down[0],
+        ordered=True,
+        concurrency=1,
+        rate="50/s",
+        max_tries=10,
+    )
+    fleet = Fleet(ctx, redis_sync)
+    await fleet.publish()
+    stages = ("lead.created", "lead.sold", "lead.invoiced", "lead.paid")
+    await pause(ctx["redis"], mirror, now_ms=_now_ms())
+    for stage, event_type in enumerate(stages[:2]):
+        for lead in (1, 2):
+            await _accept(ctx, f"l{lead}_{stage}", event_type, lead_id=lead)
+    await fleet.drain()
+    assert seen == []
+    await resume(ctx["redis"], mirror, now_ms=_now_ms())
+    down[0] = True  # the downstream fails: three failures in a row trip the breaker
+    for stage, event_type in enumerate(stages[2:], start=2):
+        for lead in (1, 2):
+            await _accept(ctx, f"l{lead}_{stage}", event_type, lead_id=lead)
+    for _ in range(6):
+        await fleet.drain(rounds=3)
+        await asyncio.sleep(PROBE_MS / 1000 + 0.02)
+    assert redis_sync.hexists(BREAKER_KEY, mirror)
+    down[0] = False
+    deadline = time.monotonic() + 10
+    while len(seen) < 8 and time.monotonic() < deadline:
+        await fleet.drain()
+        await asyncio.sleep(0.05)
+    for lead in (1, 2):
+        assert [t for lid, t in seen if lid == lead] == list(stages), seen
+    assert redis_sync.zcard("oa:dead") == 0
+
+
+async def test_a_replay_for_one_handler_waits_for_its_pause(ctx: dict[str, Any], redis_sync: Redis) -> None:
+    """`events replay --handler` of a paused handler queues the event, which waits until resume."""
+    from service.store.replay import Replayer  # noqa: PLC0415
+
+    seen: Seen = []
+    crm = _register("crm", "lead.created", seen=seen)
+    fleet = Fleet(ctx, redis_sync)
+    await fleet.publish()
+    await _accept(ctx, "e0", "lead.created", lead_id=1)
+    await fleet.drain()
+    assert seen == [(1, "lead.created")]
+    await pause(ctx["redis"], crm, now_ms=_now_ms())
+    await Replayer(ctx["redis"], queue_expiry_ms=600_000).replay("e0", handler=crm)
+    await fleet.drain()
+    assert seen == [(1, "lead.created")], "the replay waits for the pause"
+    assert redis_sync.zscore(waiting_key(crm), "e0") is not None
+    await resume(ctx["redis"], crm, now_ms=_now_ms())
+    await fleet.drain()
+    assert seen == [(1, "lead.created"), (1, "lead.created")]
