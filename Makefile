@@ -104,6 +104,12 @@ lock: $(STAMP)
 compose-test: $(STAMP)
 	$(BIN)/python -m tests.compose.run
 
+## make bench-outage: a 30 s CRM outage with 40 events and two workers, with the circuit breaker off and
+## on (issue 20): calls into the dead CRM, dead letters, and the drain after it is back. About 2 minutes.
+.PHONY: bench-outage
+bench-outage: $(STAMP)
+	$(BIN)/python -m benchmarks.outage
+
 ## make bench-failover: a primary SIGKILLed under ~200 events/s, with Sentinel, 3 times with
 ## OA_REDIS_MIN_REPLICAS=0 and 3 times with =1 (issue 16): lost and duplicated acknowledged events, and
 ## the time until ingest answers 202 again. About 2 minutes; writes bench-failover.json.

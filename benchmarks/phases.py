@@ -1,6 +1,7 @@
 """The phases of a run: A/B/C ingest, C's events drained by our worker (D, and G for C), bare arq
-(E), the drain with an ordered handler (O), and the steady-rate latency run (F, with G for F). Each
-phase that writes starts on an empty Redis.
+(E), the drain with an ordered handler (O), C2's events drained by a handler with limits that never
+bind (L), and the steady-rate latency run (F, with G for F). Each phase that writes starts on an
+empty Redis.
 """
 
 from __future__ import annotations
@@ -144,14 +145,14 @@ def ours(bench: Bench, rep: int) -> OursRound:
 
 
 @dataclass
-class OrderedRound:
-    """O: the lead events posted through our API, drained by one worker with an ordered handler."""
+class DrainRound:
+    """O or L: events posted through our API, drained by one worker with one handler package."""
 
     worker: WorkerRun
     tally: Tally
 
 
-def ordered(bench: Bench, rep: int) -> OrderedRound:
+def ordered(bench: Bench, rep: int) -> DrainRound:
     """O: post `ordered_leads` x 4 lead events, then one worker with one `ordered=True` no-op drains them.
 
     The same drain as D, with the per-lead order decided at claim time; leads interleave as in a
@@ -163,7 +164,7 @@ def ordered(bench: Bench, rep: int) -> OrderedRound:
     with running_worker(bench, f"worker-o{rep}", handlers="benchmarks.ordered_handlers") as worker:
         worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, bench.plan.drain_timeout_s)
     acknowledged = set(load.acknowledged) if load.acknowledged is not None else load.accepted
-    return OrderedRound(worker=worker, tally=Tally.of(acknowledged, stored, worker.runs))
+    return DrainRound(worker=worker, tally=Tally.of(acknowledged, stored, worker.runs))
 
 
 @dataclass
@@ -179,6 +180,17 @@ def ours_2proc(bench: Bench, rep: int) -> TwoProcessRound:
     bench.redis.flushall()
     load = bench.loader.run(bench.url("ours2"), f"c{rep}", progress=bench.stored)
     return TwoProcessRound(load=load, stored=bench.stored())
+
+
+def limited(bench: Bench, rep: int, two: TwoProcessRound) -> DrainRound:
+    """L: drain what C2 posted (C's events) with one handler whose limits never bind (issue 20).
+
+    `concurrency=50, rate="100000/s"`: D's drain plus the fleet-wide limits decided at claim time.
+    """
+    with running_worker(bench, f"worker-l{rep}", handlers="benchmarks.limited_handlers") as worker:
+        worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, bench.plan.drain_timeout_s)
+    acknowledged = set(two.load.acknowledged) if two.load.acknowledged is not None else two.load.accepted
+    return DrainRound(worker=worker, tally=Tally.of(acknowledged, two.stored, worker.runs))
 
 
 def bare(bench: Bench, rep: int) -> WorkerRun:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from benchmarks.history import HistoryRun
     from benchmarks.measures import LoadResult
-    from benchmarks.phases import LatencyRun, OrderedRound, OursRound, TwoProcessRound, WorkerRun
+    from benchmarks.phases import DrainRound, LatencyRun, OursRound, TwoProcessRound, WorkerRun
 
 
 @dataclass
@@ -27,7 +27,8 @@ class Results:
     limit: list[LoadResult] = field(default_factory=list)
     naive: list[LoadResult] = field(default_factory=list)
     ours: list[OursRound] = field(default_factory=list)
-    ordered: list[OrderedRound] = field(default_factory=list)
+    ordered: list[DrainRound] = field(default_factory=list)
+    limited: list[DrainRound] = field(default_factory=list)
     ours2: list[TwoProcessRound] = field(default_factory=list)
     bare: list[WorkerRun] = field(default_factory=list)
     latency: LatencyRun | None = None
@@ -53,8 +54,9 @@ def summarize(r: Results) -> dict[str, Any]:
     ours2 = [_rps(x.load) for x in r.ours2]
     worker = [x.worker.rate for x in r.ours]
     ordered = [x.worker.rate for x in r.ordered]
+    limited = [x.worker.rate for x in r.limited]
     bare = [x.rate for x in r.bare]
-    tallies = [x.tally for x in r.ours + r.ordered] + ([r.latency.tally] if r.latency else [])
+    tallies = [x.tally for x in r.ours + r.ordered + r.limited] + ([r.latency.tally] if r.latency else [])
     workers_rss = [x.worker.rss_mb for x in r.ours] + ([r.latency.worker.rss_mb] if r.latency else [])
     f_202 = r.latency.from_202_ms if r.latency else []
     f_send = r.latency.from_send_ms if r.latency else []
@@ -65,6 +67,7 @@ def summarize(r: Results) -> dict[str, Any]:
         "ingest_rps_2proc": median(ours2),
         "worker_events_per_s": median(worker),
         "worker_ordered_events_per_s": median(ordered),
+        "worker_limited_events_per_s": median(limited),
         "worker_bare_arq_per_s": median(bare),
         "latency_p50_ms": percentile(f_202, 50),
         "latency_p99_ms": percentile(f_202, 99),
@@ -82,11 +85,21 @@ def summarize(r: Results) -> dict[str, Any]:
     out["ratio_C2_C"] = _ratio(out["ingest_rps_2proc"], out["ingest_rps"])
     out["ratio_D_E"] = _ratio(out["worker_events_per_s"], out["worker_bare_arq_per_s"])
     out["ratio_O_D"] = _ratio(out["worker_ordered_events_per_s"], out["worker_events_per_s"])
+    out["ratio_L_D"] = _ratio(out["worker_limited_events_per_s"], out["worker_events_per_s"])
     out["details"] = {
         "mode": r.mode,
         "load_generator": r.loadgen,
         "wall_time_s": r.wall_s,
-        "repetitions": {"A": limit, "B": naive, "C": ours, "C2": ours2, "D": worker, "O": ordered, "E": bare},
+        "repetitions": {
+            "A": limit,
+            "B": naive,
+            "C": ours,
+            "C2": ours2,
+            "D": worker,
+            "O": ordered,
+            "L": limited,
+            "E": bare,
+        },
         "ingest_latency_p99_ms": {
             "A": median(x.p99_ms for x in r.limit),
             "B": median(x.p99_ms for x in r.naive),
@@ -97,6 +110,7 @@ def summarize(r: Results) -> dict[str, Any]:
         "zero_loss": {
             "C": [vars(x.tally) for x in r.ours],
             "O": [vars(x.tally) for x in r.ordered],
+            "L": [vars(x.tally) for x in r.limited],
             "F": vars(r.latency.tally) if r.latency else None,
         },
         "latency_offered": {
@@ -131,6 +145,7 @@ TARGETS = [
     Target("D >= 600 events/s", lambda s: s["worker_events_per_s"] >= 600),
     Target("D >= 0.8 x E", lambda s: s["ratio_D_E"] >= 0.8),
     Target("O >= 0.8 x D (issue 15)", lambda s: s["ratio_O_D"] >= 0.8),
+    Target("L >= 0.8 x D (issue 20)", lambda s: s["ratio_L_D"] >= 0.8),
     Target("latency p50 <= 50 ms", lambda s: s["latency_p50_ms"] <= 50),
     Target("latency p99 <= 250 ms", lambda s: s["latency_p99_ms"] <= 250),
     Target("zero lost, zero run twice", lambda s: s["lost"] == 0 and s["duplicated"] == 0),
@@ -169,12 +184,18 @@ def table(s: dict[str, Any]) -> str:
         ("D  ours: oa-webhooks worker, no-op", f"{_n(s['worker_events_per_s'])} ev/s", _reps(reps["D"])),
         ("O  ours, one ordered=True no-op", f"{_n(s['worker_ordered_events_per_s'])} ev/s", _reps(reps["O"])),
         ("   O / D", _n(s["ratio_O_D"], 2), ""),
+        (
+            "L  ours, one handler with limits that never bind",
+            f"{_n(s['worker_limited_events_per_s'])} ev/s",
+            _reps(reps["L"]),
+        ),
+        ("   L / D", _n(s["ratio_L_D"], 2), ""),
         ("E  bare arq, tuned, no-op", f"{_n(s['worker_bare_arq_per_s'])} ev/s", _reps(reps["E"])),
         ("   D / E", _n(s["ratio_D_E"], 2), ""),
         ("F  202 -> handler start, p50", f"{_n(s['latency_p50_ms'], 1)} ms", ""),
         ("F  202 -> handler start, p99", f"{_n(s['latency_p99_ms'], 1)} ms", ""),
         ("G  C: 202s / handler runs", f"{c_ack:,} / {c_runs:,}", ""),
-        ("G  lost / run twice (C, O and F)", f"{s['lost']} / {s['duplicated']}", ""),
+        ("G  lost / run twice (C, O, L and F)", f"{s['lost']} / {s['duplicated']}", ""),
         ("   API RSS after the run", f"{_n(s['api_rss_mb'], 1)} MB", ""),
         ("   worker RSS after the run (max)", f"{_n(s['worker_rss_mb'], 1)} MB", ""),
         ("   Redis per retained event", f"{_n(s['redis_bytes_per_event'])} B", ""),
@@ -191,16 +212,17 @@ def table(s: dict[str, Any]) -> str:
         rows.insert(after_c, ("G  F: 202s / handler runs", f"{f['acknowledged']:,} / {f['runs']:,}", ""))
     width = max(len(r[0]) for r in rows) + 2
     lines = [
-        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, C2, O, E), F and H once; one",
+        f"medians of {len(reps['C'])} interleaved repetitions (A, B, C, D, C2, L, O, E), F and H once; one",
         "uvicorn process per server (C2: two) with the settings of `oa-webhooks api`; Redis with AOF",
-        "appendfsync always; D drains each C run's events, E as many jobs as the plan's bare_events",
-        "(benchmarks/plan.py), O the plan's ordered_leads x 4 lead events with one ordered=True handler",
+        "appendfsync always; D drains each C run's events, L C2's (the same ids) with one handler whose",
+        "limits never bind, E as many jobs as the plan's bare_events (benchmarks/plan.py), O the plan's",
+        "ordered_leads x 4 lead events with one ordered=True handler",
         "",
         f"{'measure':<{width}}{'median':>16}   repetitions",
         "-" * (width + 50),
     ]
     lines += [f"{label:<{width}}{value:>16}   {rep}".rstrip() for label, value, rep in rows]
-    lines += ["", "targets (issues 6 and 13; O: issue 15):"]
+    lines += ["", "targets (issues 6 and 13; O: issue 15; L: issue 20):"]
     lines += [f"  {'PASS' if t.passes(s) else 'FAIL'}  {t.label}" for t in TARGETS]
     lines += [f"note: {note}" for note in d["notes"]]
     lines.append(f"load generator: {d['load_generator']}; wall time {d['wall_time_s']:.0f} s ({d['mode']})")

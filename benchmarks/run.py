@@ -83,6 +83,10 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
                 f"round {rep + 1}: C2 answered {two.load.accepted:,} 202s for {two.stored:,} stored"
             )
         phase_started = time.monotonic()
+        results.limited.append(phases.limited(bench, rep, two))
+        rate = results.limited[-1].worker.rate
+        _say(f"  L {rep + 1}/{plan.reps}: {rate:,.0f} events/s limited ({_since(phase_started)})")
+        phase_started = time.monotonic()
         results.ordered.append(phases.ordered(bench, rep))
         rate = results.ordered[-1].worker.rate
         _say(f"  O {rep + 1}/{plan.reps}: {rate:,.0f} events/s ordered ({_since(phase_started)})")
@@ -95,7 +99,8 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
         if ours.tally.acknowledged != plan.events:
             got = ours.tally.acknowledged
             results.notes.append(f"round {rep + 1}: C got {got:,} of {plan.events:,} answers 202")
-        if not (ours.worker.complete and results.bare[-1].complete and results.ordered[-1].worker.complete):
+        drains = (ours.worker, results.bare[-1], results.ordered[-1].worker, results.limited[-1].worker)
+        if not all(drain.complete for drain in drains):
             results.notes.append(f"round {rep + 1}: a drain did not finish in {plan.drain_timeout_s:g}s")
         round_s = time.monotonic() - round_started
         reserve_s = plan.latency_s + 15
@@ -126,7 +131,7 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
             servers[kind] = start_server(kind, redis.url, work)
         with redis.client() as client:
             bench = phases.Bench(plan, work, client, redis.url, loader, servers)
-            rounds = "A, B, C, D, C2, O, E"
+            rounds = "A, B, C, D, C2, L, O, E"
             _say(f"bench: {plan.reps} rounds of {rounds}; then F ({loader.name}, redis {redis.url})")
             _rounds(bench, results, started)
             _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")

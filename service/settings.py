@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     queue_expiry_days: float = Field(default=7, gt=0)
     handler_http_timeout_s: float = Field(default=10, gt=0)
     held_alert_s: float = Field(default=3600, gt=0)
+    # Handler protection (workers/runtime/protect.py): Retry-After's bound, and the circuit breaker.
+    retry_after_max_s: float = Field(default=86_400, gt=0)
+    breaker_failures: int = Field(default=10, ge=1)
+    breaker_probe_s: float = Field(default=30, gt=0)
+    tripped_alert_s: float = Field(default=900, gt=0)
 
     # Both
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

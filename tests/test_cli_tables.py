@@ -216,3 +216,18 @@ def test_an_id_wider_than_the_terminal_is_folded_never_cut() -> None:
     assert "note" not in lines[0]
     assert all(len(line) <= 30 for line in lines)
     assert "".join(line.strip() for line in lines[2:]) == long_id
+
+
+@pytest.mark.e2e
+def test_handlers_fits_80_columns_and_is_tab_separated_in_a_pipe(env: dict[str, str]) -> None:
+    """`handlers`: names whole in an 80-column terminal (real and asked for); TSV, name first, in a pipe."""
+    wait_for(lambda: HANDLER in _captured(["handlers"], env).stdout, timeout_s=20, what="the handler listed")
+    table = _captured(["handlers"], env | {"COLUMNS": "80", "TTY_COMPATIBLE": "1"})
+    lines = _lines(table.stdout)
+    assert _header(lines)[:3] == ["handler", "state", "waiting"]
+    _assert_whole_within(lines, {HANDLER, "active"}, 80)
+    _assert_whole_within(_lines(_in_terminal(["handlers"], env, columns=80)), {HANDLER}, 80)
+    piped = _captured(["handlers"], env)
+    header, *rows = piped.stdout.splitlines()
+    assert header.split("\t") == ["name", "state", "waiting", "since", "running", "limits"]
+    assert [row.split("\t")[:3] for row in rows if row.startswith(HANDLER)] == [[HANDLER, "active", "0"]]

@@ -18,6 +18,7 @@ PUBLIC = {
     "LeadSold",
     "Payload",
     "PermanentError",
+    "RetryLater",
     "on",
 }
 

@@ -28,7 +28,7 @@ from workers import Context, Event, PermanentError, on
 from workers.registry import registered
 from workers.runtime.claim import ClaimedJob, Claimer
 from workers.runtime.job import WorkerState, process_event
-from workers.runtime.order import WAIT_RECHECK_MS, order_argument
+from workers.runtime.protect import WAIT_RECHECK_MS, claim_plan
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 Seen = list[tuple[int, str]]
@@ -58,7 +58,7 @@ class Driver:
             ctx["redis"],
             queue_name=queue.QUEUE_NAME,
             claim_ttl_ms=60_000,
-            order=order_argument(registered(), job_ttl_ms=600_000),
+            plan=claim_plan(registered(), job_ttl_ms=600_000, slot_ttl_ms=60_000, probe_ms=30_000),
         )
 
     async def claim(self) -> list[ClaimedJob]:
@@ -70,7 +70,7 @@ class Driver:
     async def run(self, job: ClaimedJob) -> None:
         """Run one claimed job to its end, as arq's run_job and finish_job do."""
         state: WorkerState = self.ctx["oa"]
-        state.waiting[job.id] = job.waiting
+        state.claims[job.id] = job
         event_type = (self.redis_sync.hget(event_key(job.id), "type") or b"").decode()
         try:
             await process_event(self.ctx, job.id, event_type)
@@ -284,9 +284,9 @@ async def test_concurrent_claimers_never_run_two_events_of_one_lead_at_once(
         for stage, event_type in enumerate(("lead.created", "lead.sold", "lead.paid")):
             await _accept(worker_ctx, f"l{lead}_{stage}", event_type, lead_id=lead)
     ids = redis_sync.zrangebyscore(queue.QUEUE_NAME, "-inf", "+inf")
-    order = order_argument(registered(), job_ttl_ms=600_000)
+    plan = claim_plan(registered(), job_ttl_ms=600_000, slot_ttl_ms=60_000, probe_ms=30_000)
     claimers = [
-        Claimer(worker_ctx["redis"], queue_name=queue.QUEUE_NAME, claim_ttl_ms=60_000, order=order)
+        Claimer(worker_ctx["redis"], queue_name=queue.QUEUE_NAME, claim_ttl_ms=60_000, plan=plan)
         for _ in range(8)
     ]
     import asyncio  # noqa: PLC0415 - only this test gathers

@@ -167,3 +167,30 @@ async def test_a_replay_restricted_to_another_handler_does_not_make_the_ordered_
     await _accept_at(worker_ctx, "s1", "lead.sold", at_ms=_now_ms(), lead_id=1)
     jobs = {job.id: job.waiting for job in await Driver(worker_ctx, redis_sync).claim()}
     assert jobs == {"c1": (), "s1": ()}, "mirror of s1 waits for a run of c1 that leaves mirror out"
+
+
+async def test_a_held_event_leaves_held_once_a_deploy_removes_the_last_ordered_handler(
+    worker_ctx: dict[str, Any], redis_sync: Redis
+) -> None:
+    """Held behind a dead event, then no handler is ordered any more: it runs, ends done, and is not held."""
+    seen: Seen = []
+    _register(
+        "mirror", "lead.*", seen=seen, ordered=True, fail=lambda e, _: e.type == "lead.created", max_tries=1
+    )
+    await _accept_at(worker_ctx, "c1", "lead.created", at_ms=_now_ms() - 10, lead_id=1)
+    await _accept_at(worker_ctx, "s1", "lead.sold", at_ms=_now_ms(), lead_id=1)
+    await Driver(worker_ctx, redis_sync).drain()
+    assert redis_sync.zrange(HELD_KEY, 0, -1) == [b"s1"]
+    # The deploy: mirror is no longer ordered, and no other handler is.
+    registry._handlers.clear()
+    _register("mirror", "lead.*", seen=seen)
+    redis_sync.zadd(queue.QUEUE_NAME, {"s1": _now_ms() - 1})
+    await Driver(worker_ctx, redis_sync).drain()
+    assert seen == [(1, "lead.sold")]
+    assert redis_sync.hget(event_key("s1"), "state") == b"done"
+    assert redis_sync.zrange(HELD_KEY, 0, -1) == []
+    assert redis_sync.hget(event_key("s1"), "held_by") is None
+    snapshot = await read_snapshot(worker_ctx["redis"], heartbeat_interval_s=5)
+    assert snapshot.held == 0
+    summary = (await list_events(worker_ctx["redis"], Filters(lead="1"))).events
+    assert {e.id: e.held for e in summary} == {"s1": None, "c1": None}

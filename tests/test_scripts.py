@@ -16,7 +16,8 @@ SCRIPTS = sorted([*ROOT.glob("service/store/lua/*.lua"), *ROOT.glob("workers/run
 
 def test_there_are_scripts_to_check() -> None:
     """The globs find the five scripts, so the checks below are not vacuous."""
-    assert {p.stem for p in SCRIPTS} >= {"accept-11", "requeue-if-lost-5", "claim-2", "begin-1", "finish-9"}
+    expected = {"accept-11", "requeue-if-lost-5", "claim-4", "begin-1", "finish-12", "resume-3"}
+    assert {p.stem for p in SCRIPTS} >= expected
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
@@ -35,8 +36,22 @@ def test_header_names_every_key_the_script_uses(path: Path) -> None:
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
 def test_redis_compiles_each_script(path: Path, redis_sync: Redis) -> None:
-    """SCRIPT LOAD on a real Redis accepts each file, as `load_script` reads it from the package."""
+    """SCRIPT LOAD on a real Redis accepts each file, as `load_script` reads it, includes in place."""
     package = ".".join(path.parent.parent.relative_to(ROOT).parts)
     source = load_script(package, path.stem)
-    assert source == path.read_text(encoding="utf-8")
+    own = [
+        line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("-- #include")
+    ]
+    assert "-- #include" not in source
+    assert all(line in source.splitlines() for line in own)
     assert len(redis_sync.script_load(source)) == 40
+
+
+def test_every_included_part_is_used_and_defines_what_it_is_named_for() -> None:
+    """Each part in service/store/lua/include/ is included by some script and defines its function."""
+    parts = sorted((ROOT / "service" / "store" / "lua" / "include").glob("*.lua"))
+    assert parts
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in SCRIPTS)
+    for part in parts:
+        assert f"-- #include {part.stem}" in sources, part.name
+        assert f"local function {part.stem.replace('-', '_')}(" in part.read_text(encoding="utf-8")

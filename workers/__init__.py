@@ -17,6 +17,17 @@ The contract, in full:
   where `oa-webhooks dlq` can show and replay it. `on(..., retry_on=(SomeError,))` retries
   only those exception types; anything else goes to dead letters at once.
 - **Raise `PermanentError` when retrying cannot help**: straight to dead letters.
+- **"Not now" is honoured.** An `httpx.HTTPStatusError` for a 429 or 503 with `Retry-After`
+  (`response.raise_for_status()`), or `raise RetryLater(after_s=...)`, makes the next try wait at
+  least that long, past the backoff's cap too (bounded by `OA_RETRY_AFTER_MAX_S`). It still counts
+  as a try.
+- **What you call is protected.** `on(..., concurrency=N)` runs at most N at once and
+  `on(..., rate="10/s")` (or `"N/m"`, `"N/h"`) starts at most N per window, across every worker.
+  After `OA_BREAKER_FAILURES` failed runs in a row (across the fleet) the handler's breaker trips:
+  its events wait, using no try, while one probe run every `OA_BREAKER_PROBE_S` tests the
+  downstream; the first that succeeds closes it (`breaker=False` opts out). An operator can pause a
+  handler (`oa-webhooks handlers pause NAME`). A waiting event uses no try, and its other
+  handlers run.
 - **Every accepted event reaches its handlers.** `event.payload` is the model of the event's
   type (`LeadPaid`, ...), whose fields are all optional: the provider documents none for
   invoices, and its lead examples disagree (`id` or `lead_id`). A payload that still does not
@@ -41,7 +52,7 @@ The contract, in full:
   for that handler (logged once). Order holds within `OA_RETENTION_DAYS`.
 """
 
-from workers.context import Context, PermanentError
+from workers.context import Context, PermanentError, RetryLater
 from workers.events import (
     Event,
     InvoiceCreated,
@@ -69,5 +80,6 @@ __all__ = [
     "LeadSold",
     "Payload",
     "PermanentError",
+    "RetryLater",
     "on",
 ]

@@ -15,6 +15,19 @@ class PermanentError(Exception):
     """Raise from a handler when trying again cannot help: the event goes straight to dead letters."""
 
 
+class RetryLater(Exception):
+    """Raise from a handler to try again no sooner than `after_s` seconds from now; it counts as a try.
+
+    For an SDK that says "try again in N seconds" without raising `httpx.HTTPStatusError` (whose 429
+    or 503 with `Retry-After` the worker honours by itself). The wait may exceed the backoff's cap,
+    up to `OA_RETRY_AFTER_MAX_S`.
+    """
+
+    def __init__(self, message: str = "", *, after_s: float) -> None:
+        super().__init__(message or f"retry in {after_s:g}s")
+        self.after_s = after_s
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """Per-call context. `log` carries the event id, type, handler and attempt on every line."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -23,6 +24,32 @@ log = logging.getLogger("oa.worker")
 ORDER_KEYS = ("lead_id", "invoice_id")
 
 
+_RATE = re.compile(r"\s*(\d+)\s*/\s*([smh])\s*")
+_RATE_WINDOW_S = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `starts` starts in any window of `window_s` seconds (`"10/s"`, `"600/m"`, `"5000/h"`)."""
+
+    starts: int
+    window_s: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """`"N/s"`, `"N/m"` or `"N/h"`, as Celery's `rate_limit` writes it; N at least 1."""
+        match = _RATE.fullmatch(text)
+        if not match or int(match[1]) < 1:
+            raise ValueError(
+                f"rate={text!r}: write starts per second, minute or hour, such as '10/s' or '600/m'"
+            )
+        return cls(int(match[1]), _RATE_WINDOW_S[match[2]])
+
+    def __str__(self) -> str:
+        unit = {1: "s", 60: "m", 3600: "h"}[self.window_s]
+        return f"{self.starts}/{unit}"
+
+
 @dataclass(frozen=True, slots=True)
 class Handler:
     """A registered handler. `name` (module.function) keys its retry state in the ledger."""
@@ -34,6 +61,11 @@ class Handler:
     retry_on: tuple[type[BaseException], ...] | None
     order_key: str | None = None
     on_dead: OnDead = "hold"
+    # Protection of what the handler calls (workers/runtime/protect.py): at most `concurrency` runs at
+    # once and `rate` = (starts, per seconds) across the fleet; a circuit breaker unless `breaker=False`.
+    concurrency: int | None = None
+    rate: Rate | None = None
+    breaker: bool = True
 
     @property
     def ordered(self) -> bool:
@@ -83,6 +115,9 @@ def on(
     ordered: bool = False,
     order_key: str | None = None,
     on_dead: OnDead = "hold",
+    concurrency: int | None = None,
+    rate: str | None = None,
+    breaker: bool = True,
 ) -> Callable[[HandlerFunc], HandlerFunc]:
     """Register the decorated coroutine for these event types (`"lead.paid"`, `"lead.*"`, `"*"`).
 
@@ -93,18 +128,29 @@ def on(
     accepted them (see `workers/__init__.py`); `order_key="invoice_id"` orders by invoice instead
     (and implies `ordered`). `on_dead="skip"` lets later events go on when an earlier one is dead;
     by default (`"hold"`) they wait for it to be replayed.
+
+    `concurrency=N`: at most N runs of this handler at once, across every worker. `rate="10/s"` (also
+    `"N/m"`, `"N/h"`): at most N starts in any window of that length, across every worker. An event
+    over a limit waits without using a try, and its other handlers run. `breaker=False` opts out of
+    the circuit breaker (`OA_BREAKER_FAILURES` consecutive failures pause the handler, and one probe
+    run every `OA_BREAKER_PROBE_S` tests the downstream until one succeeds).
     """
     if not types:
         raise ValueError("on() needs at least one event type, e.g. on('lead.created')")
     if max_tries is not None and max_tries < 1:
         raise ValueError("max_tries must be at least 1")
     key = _order_key(ordered=ordered, order_key=order_key, on_dead=on_dead)
+    if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+        raise ValueError(f"concurrency={concurrency!r}: at least 1 run at once")
+    limit = None if rate is None else Rate.parse(rate)
     for pattern in types:
         _check_pattern(pattern)
 
     def register(func: HandlerFunc) -> HandlerFunc:
         name = f"{func.__module__}.{func.__qualname__}"
-        _handlers[name] = Handler(name, func, tuple(types), max_tries, retry_on, key, on_dead)
+        _handlers[name] = Handler(
+            name, func, tuple(types), max_tries, retry_on, key, on_dead, concurrency, limit, breaker
+        )
         return func
 
     return register

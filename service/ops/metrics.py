@@ -86,9 +86,10 @@ def _histogram(
 class SnapshotCollector(Collector):
     """Turns one `Snapshot` into metric families."""
 
-    def __init__(self, snapshot: Snapshot, *, held_alert_s: float) -> None:
+    def __init__(self, snapshot: Snapshot, *, held_alert_s: float, tripped_alert_s: float) -> None:
         self.snapshot = snapshot
         self.held_alert_s = held_alert_s
+        self.tripped_alert_s = tripped_alert_s
 
     def collect(self) -> Iterator[Metric]:
         """Yield every system-wide series."""
@@ -113,6 +114,11 @@ class SnapshotCollector(Collector):
                 "held_alert_seconds",
                 "OA_HELD_ALERT_S: the alert rule fires when an event is held longer than this.",
                 self.held_alert_s,
+            ),
+            (
+                "tripped_alert_seconds",
+                "OA_TRIPPED_ALERT_S: the alert rule fires when a handler stays tripped longer than this.",
+                self.tripped_alert_s,
             ),
             ("live_workers", "Workers with a heartbeat in the last three intervals.", len(s.workers)),
             (
@@ -142,6 +148,7 @@ class SnapshotCollector(Collector):
             "secret_index",
             s.per_type("secret"),
         )
+        yield from _handler_families(s)
         yield _histogram(
             f"{PREFIX}_handler_duration_seconds",
             "Handler run time, by event type and handler.",
@@ -156,6 +163,32 @@ class SnapshotCollector(Collector):
             LATENCY_BUCKETS_S,
             ["type"],
         )
+
+
+def _handler_families(s: Snapshot) -> Iterator[Metric]:
+    """Per handler: paused (by an operator) or tripped, how long tripped, and the events that wait for it."""
+    paused = GaugeMetricFamily(
+        f"{PREFIX}_handler_paused",
+        "1 while a handler is paused by an operator (reason=operator) or tripped (reason=tripped).",
+        labels=["handler", "reason"],
+    )
+    tripped = GaugeMetricFamily(
+        f"{PREFIX}_handler_tripped_seconds",
+        "How long a handler has been tripped (0 when not).",
+        labels=["handler"],
+    )
+    waiting = GaugeMetricFamily(
+        f"{PREFIX}_handler_waiting_events",
+        "Events waiting for a handler that is paused, tripped or at a limit: apart from the lag.",
+        labels=["handler"],
+    )
+    for h in s.handlers:
+        paused.add_metric([h.name, "operator"], int(h.state == "paused"))
+        paused.add_metric([h.name, "tripped"], int(h.state == "tripped"))
+        since_s = (h.since_ms or 0) / 1000
+        tripped.add_metric([h.name], max(0.0, s.now_s - since_s) if h.state == "tripped" else 0.0)
+        waiting.add_metric([h.name], h.waiting)
+    yield from (paused, tripped, waiting)
 
 
 class RedisUpCollector(Collector):
@@ -186,5 +219,9 @@ async def metrics(request: Request) -> Response:
         registry.register(RedisUpCollector(up=False))
     else:
         registry.register(RedisUpCollector(up=True))
-        registry.register(SnapshotCollector(snapshot, held_alert_s=settings.held_alert_s))
+        registry.register(
+            SnapshotCollector(
+                snapshot, held_alert_s=settings.held_alert_s, tripped_alert_s=settings.tripped_alert_s
+            )
+        )
     return Response(generate_latest(REGISTRY) + generate_latest(registry), media_type=CONTENT_TYPE)

@@ -8,7 +8,7 @@ queries are in service/store/history.py.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.store.summary import EventSummary, decode_entry, handlers_of, iso, summary_of
@@ -95,6 +95,9 @@ class EventRecord:
     finished_ms: int | None
     handlers: tuple[HandlerRecord, ...]
     replays: tuple[Replay, ...]
+    # Handler -> (why it waits: "paused", "tripped", "concurrency" or "rate"; since when, ms), for the
+    # handlers that wait to start on this event (workers/runtime/protect.py).
+    waiting: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def body_text(self) -> str:
@@ -121,6 +124,10 @@ class EventRecord:
             "finished_at": iso(self.finished_ms),
             "handlers": [_handler_json(h) for h in self.handlers],
             "replays": [{"at": r.at, "handlers": list(r.handlers)} for r in self.replays],
+            "waiting": [
+                {"handler": name, "reason": why, "since": iso(since)}
+                for name, (why, since) in sorted(self.waiting.items())
+            ],
         }
 
 
@@ -181,6 +188,20 @@ def _attempts(state: dict[str, Any]) -> tuple[Attempt, ...]:
     )
 
 
+def _waiting(entry: dict[str, str]) -> dict[str, tuple[str, int]]:
+    """The `wait:<handler>` fields of an unfinished event whose handler has not run since."""
+    if entry.get("state") in ("done", "dead", "purged"):
+        return {}
+    handlers = handlers_of(entry)
+    waiting = {}
+    for key, value in entry.items():
+        name = key.removeprefix("wait:")
+        why, _, since = value.partition(" ")
+        if name != key and since.isdigit() and handlers.get(name, {}).get("state", "pending") == "pending":
+            waiting[name] = (why, int(since))
+    return waiting
+
+
 def record_of(event_id: str, raw: dict[bytes, bytes]) -> EventRecord:
     """The record of one event from its ledger hash (HGETALL), body included."""
     entry = decode_entry(raw)
@@ -211,4 +232,5 @@ def record_of(event_id: str, raw: dict[bytes, bytes]) -> EventRecord:
         finished_ms=int(finished) if finished else None,
         handlers=handlers,
         replays=replays,
+        waiting=_waiting(entry),
     )

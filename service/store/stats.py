@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from arq.constants import in_progress_key_prefix
 
 from service.store import queue
+from service.store.handlers import HandlerView, handler_views
 from service.store.held import HELD_KEY
 from service.store.ledger import DEAD_KEY, STATS_KEY, minute_stats_key
 from service.store.scripts import load_script
@@ -65,6 +66,9 @@ class Snapshot:
     latency_histogram: dict[str, float] = field(default_factory=dict)
     held: int = 0
     oldest_held_age_s: float = 0.0
+    # Every registered handler: active, paused or tripped, and the events waiting for it. Events
+    # that wait for a paused or tripped handler are scheduled, not ready: they are no lag.
+    handlers: list[HandlerView] = field(default_factory=list)
 
     def total(self, name: str) -> int:
         """A `<name>_total` counter, 0 if never incremented."""
@@ -91,6 +95,7 @@ class Snapshot:
             "last_5m": {n: self.recent.get(n, 0) for n in names},
             "secrets": self.per_type("secret"),
             "workers": self.workers,
+            "handlers": [h.to_json() for h in self.handlers],
             "last_received_at": self.last_received_s,
         }
 
@@ -104,7 +109,7 @@ def _floats(raw: dict[bytes, bytes]) -> dict[str, float]:
 
 
 async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapshot:
-    """Read everything in two pipelined round trips: the counters, then each live worker's details."""
+    """Read everything in four pipelined round trips: the counters, each live worker, the handlers."""
     now_ms = int(time.time() * 1000)
     minutes = [minute_stats_key(now_ms - i * 60_000) for i in range(RECENT_MINUTES)]
     oldest_waiting = redis.register_script(_OLDEST_WAITING)  # no round trip: it only hashes the text
@@ -168,6 +173,7 @@ async def read_snapshot(redis: Redis, *, heartbeat_interval_s: float) -> Snapsho
         latency_histogram=_floats(latency_hist),
         held=held,
         oldest_held_age_s=max(0.0, (now_ms - oldest_held[0][1]) / 1000) if oldest_held else 0.0,
+        handlers=await handler_views(redis, now_ms=now_ms),
     )
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from service.store import queue
+from service.store.handlers import BREAKER_KEY, FAILS_KEY, slots_key, waiting_key
+from service.store.held import HELD_KEY
 from service.store.ledger import (
     DEAD_KEY,
     MINUTE_STATS_TTL_S,
@@ -121,7 +123,7 @@ class Journal:
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
         self._begin = redis.register_script(load_script("workers.runtime", "begin-1"))
-        self._finish = redis.register_script(load_script("workers.runtime", "finish-9"))
+        self._finish = redis.register_script(load_script("workers.runtime", "finish-12"))
         self._count_mismatch = redis.register_script(
             load_script("workers.runtime", "count-payload-mismatch-2")
         )
@@ -164,13 +166,20 @@ class Journal:
         retry_ms: int | None = None,
         ordered: bool = False,
         wake: list[str] | None = None,
-    ) -> None:
+        ran: dict[str, dict[str, Any]] | None = None,
+        breaker: tuple[int, int] = (10, 30_000),
+    ) -> list[str]:
         """Record the handlers that ran and the event's new state, with its counters, in one script.
 
         `durations_s` (per handler that ran) and `latency_s` (receipt to success) feed the histograms.
         `retry_ms` is when a `retry` or `waiting` event's job is due again. For an event with ordered
         handlers (`ordered`), `wake` names those that finished in this run: the script wakes the
         event that waits for each (workers/runtime/order.py).
+
+        `ran`: per handler that ran, `{"f": 1 | 0, "c": bool, "b": bool}` (a failure that counts for its
+        breaker, or a success; a concurrency slot to give back; its breaker on); `breaker` is
+        (`OA_BREAKER_FAILURES`, the probe interval in ms). Returns the breaker changes the run made,
+        each `"tripped <handler>"` or `"closed <handler>"`.
         """
         latency: list[str] = []
         if latency_s is not None:
@@ -193,16 +202,18 @@ class Journal:
             "handlers": {f"h:{name}": state.to_json() for name, state in changed.items()},
             "durations": durations,
             "latency": latency,
+            "ran": ran or {},
+            "breaker_failures": breaker[0],
+            "probe_ms": breaker[1],
+            "event": event_key(""),
+            "in_progress": queue.in_progress_key(""),
+            "slots": slots_key(""),
+            "waiting": waiting_key(""),
         }
         if retry_ms is not None:
             arg["retry_ms"] = str(retry_ms)
         if ordered:
-            arg |= {
-                "ordered": True,
-                "wake": wake or [],
-                "event": event_key(""),
-                "in_progress": queue.in_progress_key(""),
-            }
+            arg |= {"ordered": True, "wake": wake or []}
         keys = [
             event_key(event_id),
             queue.job_key(event_id),
@@ -213,5 +224,16 @@ class Journal:
             HANDLER_HISTOGRAM_KEY,
             LATENCY_HISTOGRAM_KEY,
             queue.QUEUE_NAME,
+            HELD_KEY,
+            BREAKER_KEY,
+            FAILS_KEY,
         ]
-        await self._finish(keys=keys, args=[orjson.dumps(arg)])
+        return [change.decode() for change in await self._finish(keys=keys, args=[orjson.dumps(arg)])]
+
+    async def release_slots(self, event_id: str, handler_names: list[str]) -> None:
+        """Give back the concurrency slots a claim took for a run that did not happen (the event was gone)."""
+        if handler_names:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in handler_names:
+                    pipe.zrem(slots_key(name), event_id)
+                await pipe.execute()

@@ -25,10 +25,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.store import queue
 from service.store.stats import WORKERS_KEY, worker_key
 from workers.registry import load_handlers, registered
-from workers.runtime.claim import Claimer
+from workers.runtime.claim import ClaimedJob, Claimer
 from workers.runtime.job import WorkerState, process_event
 from workers.runtime.journal import Journal
-from workers.runtime.order import order_argument
+from workers.runtime.protect import plan_for
 from workers.runtime.reconciler import reconcile_forever
 from workers.runtime.retry import Backoff
 
@@ -66,17 +66,14 @@ class _Worker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many of `job_ids` as there are free slots, in one script, and start each."""
         free = self.max_jobs - self.job_counter
-        waiting: dict[str, tuple[str, ...]] = self.ctx["oa"].waiting
-        for job_id, score, wait in await self.claimer.claim(job_ids, limit=free, now_ms=timestamp_ms()):
-            if wait:
-                waiting[job_id] = wait
-            else:
-                waiting.pop(job_id, None)
+        claims: dict[str, ClaimedJob] = self.ctx["oa"].claims
+        for job in await self.claimer.claim(job_ids, limit=free, now_ms=timestamp_ms()):
+            claims[job.id] = job
             await self.sem.acquire()  # never waits: at most the free slots were claimed
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
+            task = self.loop.create_task(self.run_job(job.id, job.score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self.tasks[job.id] = task
 
     async def record_health(self) -> None:
         """Write the heartbeat every interval, and the job counts once they change (at most every 0.5 s)."""
@@ -157,7 +154,7 @@ def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, wor
         redis,
         queue_name=queue.QUEUE_NAME,
         claim_ttl_ms=claim_ttl_ms,
-        order=order_argument(registered(), job_ttl_ms=settings.queue_expiry_ms),
+        plan=plan_for(registered(), settings),
     )
     return worker
 

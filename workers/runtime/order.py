@@ -1,21 +1,23 @@
-"""Per-key ordering of `ordered=True` handlers: what the claim script is told, and how runs wake each other.
+"""Per-key order of `ordered=True` handlers: the rules the claim script keeps, and how runs wake each other.
 
 The guarantee, per (handler, key): the handler runs the key's events one at a time, in the order the
 API accepted them (`seq`, numbered in the same atomic step as the ledger entry). How it holds:
 
 1. **At ingest** each event gets `seq` and, when its payload names them, a place in
    `oa:idx:lead:<lead id>` / `oa:idx:invoice:<invoice id>` (sorted by `seq`; service/store/ledger.py).
-2. **At claim** (workers/runtime/lua/claim-2.lua, one atomic script for the whole fleet) an ordered handler
-   H of event E with key K may run only when every earlier event of K that H matches is finished
-   for H: done, or dead with `on_dead="skip"`. A queued, running or retrying earlier event makes E
-   *wait*: E is not claimed (so no attempt is used), and its job is deferred. E registers itself on
-   the earlier event (`w:<H>` field), whose finish re-scores E's job to its place at the head of the
-   queue (workers/runtime/lua/finish-9.lua). If E is claimed for another handler meanwhile, the finish of
+2. **At claim** (workers/runtime/lua/claim-4.lua, one atomic script for the whole fleet, told the
+   handlers by workers/runtime/protect.py) an ordered handler H of event E with key K may run only
+   when every earlier event of K that H matches is finished for H: done, or dead with
+   `on_dead="skip"`. A queued, running or retrying earlier event makes E *wait*: E is not claimed (so
+   no attempt is used), and its job is deferred. E registers itself on the earlier event (`w:<H>`
+   field), whose finish re-scores E's job to its place at the head of the queue
+   (workers/runtime/lua/finish-12.lua). If E is claimed for another handler meanwhile, the finish of
    that run sees the wake (`woken`) and schedules E at once. The deferral (`WAIT_RECHECK_MS`) is
    only a fallback.
 3. **A dead earlier event holds** the key (`on_dead="hold"`): E is *held*, listed in `oa:held` with
    the reason in its `held_by` field (service/store/held.py reads both), and looked at again every
-   `HELD_RECHECK_MS`. A replay re-queues the dead event; its success wakes E.
+   `HELD_RECHECK_MS` (workers/runtime/protect.py). A replay re-queues the dead event; its success
+   wakes E.
 
 What this covers: several workers (one script decides); a worker SIGKILLed mid-handler (the event
 stays unfinished while arq's claim on it lasts, so later ones wait, then it runs again); retries
@@ -26,46 +28,16 @@ stays unfinished while arq's claim on it lasts, so later ones wait, then it runs
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
-
-from service.store import queue
-from service.store.ledger import event_key, invoice_index_key, lead_index_key, payload_ids
+from service.store.ledger import payload_ids
 
 if TYPE_CHECKING:
     from service.api.envelope import Envelope
     from workers.registry import Handler
 
 log = logging.getLogger("oa.worker")
-# Fallbacks only: a finishing event wakes the one that waits for it at once.
-WAIT_RECHECK_MS = 10_000
-# A held event waits for a person to replay (or purge) the dead one; look again once a minute.
-HELD_RECHECK_MS = 60_000
-_INDEX_PREFIX = {"lead_id": lead_index_key(""), "invoice_id": invoice_index_key("")}
 _noted: set[tuple[str, str]] = set()
-
-
-def order_argument(handlers: list[Handler], *, job_ttl_ms: int) -> bytes:
-    """The claim script's ARGV[5] for these handlers: b'' when none is ordered (the plain claim)."""
-    if not any(h.ordered for h in handlers):
-        return b""
-    specs: list[dict[str, Any]] = []
-    for h in handlers:
-        spec: dict[str, Any] = {"n": h.name, "p": list(h.patterns)}
-        if h.order_key is not None:
-            spec |= {"k": h.order_key, "i": _INDEX_PREFIX[h.order_key], "skip": h.on_dead == "skip"}
-        specs.append(spec)
-    return orjson.dumps(
-        {
-            "event": event_key(""),
-            "job": queue.job_key(""),
-            "job_ttl_ms": job_ttl_ms,
-            "wait_ms": WAIT_RECHECK_MS,
-            "held_ms": HELD_RECHECK_MS,
-            "handlers": specs,
-        }
-    )
 
 
 def note_unordered(handlers: list[Handler], envelope: Envelope) -> None:

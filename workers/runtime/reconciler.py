@@ -4,7 +4,8 @@ arq can lose a job without our ledger noticing: its key expired, arq gave up on 
 lost it. Each check-and-requeue is one Lua script, atomic against a worker finishing the event.
 
 It runs in every worker, every `OA_RECONCILE_INTERVAL_S`, and a Redis lock lets one of them do
-the work each time; the same turn trims the event history's indexes (service/store/trim.py). It is not
+the work each time; the same turn trims the event history's indexes (service/store/trim.py) and
+drops from the handlers' waiting lists the events that no longer wait (service/store/handlers.py). It is not
 an arq cron job on purpose: arq puts cron jobs in the same sorted set as the events, where they
 would skew the queue depth that operators watch.
 """
@@ -18,8 +19,11 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from service.store.handlers import prune_waiting, publish
 from service.store.ledger import PENDING_KEY, Ledger, event_key
 from service.store.trim import trim_indexes
+from workers.registry import registered
+from workers.runtime.protect import handler_spec
 
 if TYPE_CHECKING:
     from workers.runtime.job import WorkerState
@@ -97,6 +101,7 @@ async def reconcile_once(state: WorkerState, *, worker_id: str) -> dict[str, int
     found = await reconcile_pending(ledger, now_ms=now_ms)
     # The same turn trims the history indexes to the retention (one worker at a time, like this).
     found["trimmed"] = await trim_indexes(state.redis, now_ms=now_ms, retention_s=state.settings.retention_s)
+    found["unlisted"] = await prune_waiting(state.redis, now_ms=now_ms)
     if found.get("requeued"):
         log.warning("reconciler repaired %d events", found["requeued"], extra={"count": found["requeued"]})
     else:
@@ -105,9 +110,14 @@ async def reconcile_once(state: WorkerState, *, worker_id: str) -> dict[str, int
 
 
 async def reconcile_forever(state: WorkerState, *, worker_id: str) -> None:
-    """Run `reconcile_once` now and then every interval, until cancelled."""
+    """Run `reconcile_once` now and then every interval, until cancelled.
+
+    Every worker also records its handlers each turn (`oa:handlers`, for `oa-webhooks handlers`).
+    """
+    specs = {h.name: handler_spec(h) for h in registered()}
     while True:
         try:
+            await publish(state.redis, specs, now_ms=time.time_ns() // 1_000_000)
             await reconcile_once(state, worker_id=worker_id)
         except (RedisError, OSError) as exc:
             # The worker's own loop notices a lost Redis and reconnects; just try again later.

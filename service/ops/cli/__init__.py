@@ -9,7 +9,7 @@ import typer
 import uvloop
 
 from service.logs import configure
-from service.ops.cli import dlq, events, local, sender, status
+from service.ops.cli import dlq, events, handlers, local, sender, status
 from service.settings import load_settings_or_exit
 
 # Pretty exceptions print local variables, which could include the secret: keep them off.
@@ -19,6 +19,7 @@ app.command("run")(local.run)
 app.command("healthcheck")(local.healthcheck)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(events.app, name="events")
+app.add_typer(handlers.app, name="handlers")
 app.command("status")(status.status)
 
 

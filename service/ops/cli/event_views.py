@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 
 from service.ops.cli.render import Column, print_rows, when
+from service.store.handlers import WAIT_REASONS
 from service.store.history import LEAD_STAGES, EventState, ReplayStatus, iso
 
 if TYPE_CHECKING:
@@ -74,6 +75,12 @@ def print_timeline(console: Console, lead_id: str, events: list[EventSummary]) -
     print_rows(console, EVENT_COLUMNS, events, title=f"lead {lead_id}: {steps}")
 
 
+def _waits(console: Console, rec: EventRecord) -> None:
+    """Which handlers wait to start on the event, and why (issue 20's protection)."""
+    for name, (why, since) in sorted(rec.waiting.items()):
+        console.print(f"[yellow]waiting[/yellow]: {name} {WAIT_REASONS.get(why, why)}, since {iso(since)}")
+
+
 def record(console: Console, rec: EventRecord) -> None:
     """`events show`: the whole record."""
     s = rec.summary
@@ -84,6 +91,7 @@ def record(console: Console, rec: EventRecord) -> None:
             f"[red]held[/red]: ordered handler {s.held['handler']} waits for {s.held['behind']}, which is "
             "dead (replay it) or held itself"
         )
+    _waits(console, rec)
     for label, value in (
         ("received", s.received_at),
         ("queued", iso(rec.queued_ms)),

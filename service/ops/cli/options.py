@@ -38,6 +38,14 @@ def parse_time_ms(value: str, *, now_ms: int | None = None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def parse_duration_ms(value: str) -> int:
+    """`30s`, `15m`, `2h`, `7d`, `1w`: a length of time, in ms, more than 0."""
+    match = _DURATION.fullmatch(value.strip())
+    if not match or int(match[1]) == 0:
+        raise typer.BadParameter(f"{value!r} is not a duration: give one such as 30m, 2h or 1d")
+    return int(match[1]) * _UNIT_S[match[2]] * 1000
+
+
 def parse_rate(value: str) -> float:
     """`50`, `50/s` or `2.5/s`: replays per second, more than 0."""
     match = _RATE.fullmatch(value.strip())

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from rich.console import Console, Group
 from rich.live import Live
 
+from service.ops.cli.handlers import handlers_table
 from service.ops.cli.redis_access import operator_redis, operator_settings
 from service.ops.cli.render import Column, fitted_table
 from service.store.stats import Snapshot, read_snapshot
@@ -113,6 +114,7 @@ def tables(snapshot: Snapshot, console: Console) -> Group:
             ),
         ),
         fitted_table(console, _worker_columns(s.now_s), s.workers, title=f"Live workers: {len(s.workers)}"),
+        *([handlers_table(s.handlers, console)] if s.handlers else []),
         fitted_table(console, _SECRET_COLUMNS, sorted(s.per_type("secret").items()), title="Secrets used"),
     )
 

@@ -6,10 +6,11 @@ keeps its filters in the query string. Off while `OA_ADMIN_TOKEN` is unset (ever
 
 | path | page |
 |---|---|
-| `GET /console` | overview: queue, lag, events per minute (SVG), workers, secrets; refreshes itself |
+| `GET /console` | overview: queue, lag, events a minute (SVG), workers, handlers, secrets; self-refreshing |
 | `GET /console/events` | search (`q`: an event id or lead id), filters (type, state, since, until), paging |
 | `GET /console/events/{id}` | one event: payload, handler timeline with folded tracebacks, Replay |
 | `GET`/`POST /console/replay/{id}` | confirm, then replay (POST with the CSRF token) |
+| `GET`/`POST /console/handlers/{name}/pause`, `.../resume` | confirm, then pause (for a while) or resume |
 | `GET`/`POST /console/login`, `POST /console/logout` | the session (service/ops/console/auth.py) |
 """
 
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 
-from service.ops.console import login, replay, views
+from service.ops.console import handlers, login, replay, views
 from service.ops.console.web import PREFIX, ConsoleRoute
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ router.add_api_route("/events", views.events, methods=["GET"])
 router.add_api_route("/events/{event_id:path}", views.event, methods=["GET"])
 router.add_api_route("/replay/{event_id:path}", replay.confirm, methods=["GET"])
 router.add_api_route("/replay/{event_id:path}", replay.replay, methods=["POST"])
+router.add_api_route("/handlers/{name}/pause", handlers.confirm_pause, methods=["GET"])
+router.add_api_route("/handlers/{name}/pause", handlers.do_pause, methods=["POST"])
+router.add_api_route("/handlers/{name}/resume", handlers.confirm_resume, methods=["GET"])
+router.add_api_route("/handlers/{name}/resume", handlers.do_resume, methods=["POST"])
 router.add_api_route("/login", login.login_page, methods=["GET"])
 router.add_api_route("/login", login.login, methods=["POST"])
 router.add_api_route("/logout", login.logout, methods=["POST"])

@@ -17,6 +17,7 @@ from service.api.state import runtime_of
 from service.ops.cli.options import parse_time_ms
 from service.ops.console.charts import minute_chart
 from service.ops.console.web import PREFIX, redirect, render
+from service.store.handlers import WAIT_REASONS
 from service.store.history import (
     FILTER_STATES,
     FINAL_STATES,
@@ -67,8 +68,17 @@ async def overview(request: Request) -> Response:
             "secrets": secrets,
             "secrets_configured": len(runtime.settings.webhook_secret),
             "refresh_s": OVERVIEW_REFRESH_S,
+            "changed": _changed(request),
         },
     )
+
+
+def _changed(request: Request) -> str:
+    """The banner after a pause or resume (the POST redirects here with `?paused=` or `?resumed=`)."""
+    for action in ("paused", "resumed"):
+        if name := request.query_params.get(action):
+            return f"{name} is {action}."
+    return ""
 
 
 def _parse_time(value: str, errors: dict[str, str], field: str) -> int | None:
@@ -178,6 +188,7 @@ async def event(request: Request, event_id: str) -> Response:
             "flash": _FLASH.get(request.query_params.get("replay", "")),
             "refresh_s": None if finished else EVENT_REFRESH_S,
             "now_ms": time.time_ns() // 1_000_000,
+            "wait_reasons": WAIT_REASONS,
         },
     )
 
