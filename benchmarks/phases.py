@@ -189,8 +189,9 @@ def limited(bench: Bench, rep: int, two: TwoProcessRound) -> DrainRound:
     """
     with running_worker(bench, f"worker-l{rep}", handlers="benchmarks.limited_handlers") as worker:
         worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, bench.plan.drain_timeout_s)
-    acknowledged = set(two.load.acknowledged) if two.load.acknowledged is not None else two.load.accepted
-    return DrainRound(worker=worker, tally=Tally.of(acknowledged, two.stored, worker.runs))
+    # L posted nothing: its zero-loss check is that every event the ledger holds ran once (C2's own
+    # answers can fall short of what it stored when its load generator gives up on a slow answer).
+    return DrainRound(worker=worker, tally=Tally.of(two.stored, two.stored, worker.runs))
 
 
 def bare(bench: Bench, rep: int) -> WorkerRun:
