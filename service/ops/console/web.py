@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse
 from service.api import ingest
 from service.api.state import runtime_of
 from service.ops.console import auth
+from service.store.batching import NotReplicated
 from service.store.summary import iso
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class ConsoleRoute(APIRoute):
             else:
                 try:
                     response = await handler(request)
+                except NotReplicated as exc:  # a RedisError, but Redis answered: say what happened
+                    log.warning("console write not confirmed by the replicas", extra={"error": str(exc)})
+                    response = render(request, "error.html", _not_replicated(exc), status=503)
                 except RedisError as exc:
                     log.warning("console page failed: Redis error", extra={"error": type(exc).__name__})
                     response = render(request, "error.html", _redis_down(exc), status=503)
@@ -152,6 +156,18 @@ def _redis_down(exc: RedisError) -> dict[str, Any]:
             "points at it; this page works again as soon as Redis answers."
         ),
         "link": (PREFIX, "Try again"),
+    }
+
+
+def _not_replicated(exc: NotReplicated) -> dict[str, Any]:
+    return {
+        "title": "Done on the primary, not confirmed by the replicas",
+        "message": (
+            f"Redis's primary has it, but the replicas did not confirm it in time ({exc}; "
+            "OA_REDIS_MIN_REPLICAS). If the primary fails before a replica catches up, it can be lost. "
+            "Check the replicas, then open the event to see where it stands."
+        ),
+        "link": (PREFIX, "Back to the console"),
     }
 
 
