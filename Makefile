@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint format clean
 
-$(STAMP): pyproject.toml
+## make install: the exact versions of the locks (as the Docker image), never a fresh resolution:
+## requirements-dev.lock (the runtime pins of requirements.lock plus the dev tools), each with its
+## hashes, and the build backend of requirements-build.lock; then our project, editable, with nothing
+## resolved. `make lock` refreshes the locks.
+$(STAMP): pyproject.toml requirements-dev.lock requirements-build.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock -r requirements-build.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -83,9 +88,11 @@ export AUDIT_SUMMARY
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-## make lock: refresh requirements.lock (runtime) and requirements-build.lock (the build backend) from
+## make lock: refresh requirements.lock (runtime), requirements-dev.lock (the same runtime pins plus
+## the dev extras, for make install) and requirements-build.lock (the build backend) from
 ## pyproject.toml, every pin with its hashes, with uv (installed into its own venv). The Docker image
-## installs exactly these; tests/test_lock.py fails when they no longer satisfy pyproject.toml.
+## and make install install exactly these; tests/test_lock.py fails when they no longer satisfy
+## pyproject.toml or each other.
 .PHONY: lock
 LOCK_VENV := $(VENV)/.lock
 UV := $(LOCK_VENV)/bin/uv
@@ -94,6 +101,7 @@ UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV) pip compile --universa
 lock: $(STAMP)
 	@[ -x $(UV) ] || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet 'uv>=0.9,<1'; }
 	$(UV_COMPILE) --upgrade -o requirements.lock pyproject.toml
+	$(UV_COMPILE) --upgrade --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	  | $(UV_COMPILE) --upgrade -o requirements-build.lock -
 

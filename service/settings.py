@@ -8,6 +8,7 @@ secrets (rotation). The operator commands (`status`, `dlq`) only read Redis: the
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from functools import cached_property
 from typing import Annotated, Literal, NamedTuple, TypeVar
@@ -62,6 +63,8 @@ class Settings(BaseSettings):
     admin_port: int = Field(default=8001, ge=1, le=65535)
     # The operator console (/console on the admin port) is off while this is unset.
     admin_token: SecretStr | None = None
+    # Proxies in front of the admin port whose X-Forwarded-Proto/-For are believed (addresses, networks).
+    admin_forwarded_allow_ips: str = ""
     max_body_bytes: int = Field(default=262_144, ge=1024)
     redis_timeout_s: float = Field(default=2.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
@@ -142,6 +145,24 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("admin_forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str) -> str:
+        for part in _comma_list(value):
+            try:
+                ipaddress.ip_network(part)  # an address is a network of one
+            except ValueError:
+                raise ValueError(
+                    f"OA_ADMIN_FORWARDED_ALLOW_IPS: {part!r} is not an IP address or network: list your TLS "
+                    "proxy's addresses, e.g. 10.0.0.5 or 172.18.0.0/16 (a network's host bits must be 0)"
+                ) from None
+        return value
+
+    @property
+    def admin_forwarded_ips(self) -> tuple[str, ...]:
+        """The addresses and networks of `OA_ADMIN_FORWARDED_ALLOW_IPS` (none by default)."""
+        return _comma_list(self.admin_forwarded_allow_ips)
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_scheme(cls, value: SecretStr) -> SecretStr:
@@ -218,6 +239,10 @@ class OperatorSettings(Settings):
     @classmethod
     def _require_secret(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
         return value  # replaces the API's check of the same name: nothing here uses the secret
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(part for part in (p.strip() for p in value.split(",")) if part)
 
 
 def _sentinel_addresses(value: str) -> tuple[tuple[str, int], ...]:

@@ -1,4 +1,4 @@
-"""OA_API_PROCESSES=2: two processes share the port (SO_REUSEPORT), one serves admin, they stop together."""
+"""OA_API_PROCESSES=2: two processes share the port (SO_REUSEPORT), one serves admin, a dead one restarts."""
 
 from __future__ import annotations
 
@@ -45,14 +45,15 @@ def _connections_of(pid: int, port: int, state: str = "01") -> int:
 
 @pytest.fixture
 def two_processes(tmp_path: Path, redis_url: str) -> Iterator[tuple[Service, int]]:
-    """The compose `api` command with OA_API_PROCESSES=2, started."""
+    """The compose `api` command with OA_API_PROCESSES=2, started: both processes listening."""
     port = free_port()
     service = Service("api", service_env(redis_url, SECRET, port, OA_API_PROCESSES="2"), tmp_path / "api.log")
     service.start()
     try:
         wait_until_ready(f"http://127.0.0.1:{port}")
         assert service.process is not None
-        wait_for(lambda: len(_children(service.process.pid)) == 2, timeout_s=10, what="two processes")
+        parent, admin_port = service.process.pid, int(service.env["OA_ADMIN_PORT"])
+        wait_for(lambda: _serving(parent, port, admin_port, 2), timeout_s=10, what="two serving processes")
         yield service, port
     finally:
         service.stop()
@@ -133,11 +134,78 @@ def test_sigterm_stops_every_process(two_processes: tuple[Service, int]) -> None
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
 
 
-def test_a_dead_process_stops_the_set(two_processes: tuple[Service, int]) -> None:
-    """One process SIGKILLed: the parent stops the other and exits non-zero, for a restart policy."""
-    service, _port = two_processes
+def _listening(pid: int, port: int) -> bool:
+    """Whether process `pid` (still) holds a socket listening on `port`."""
+    try:
+        return _connections_of(pid, port, "0A") > 0
+    except OSError:  # gone, or a zombie whose descriptors are closed
+        return False
+
+
+def _serving(parent: int, port: int, admin_port: int, count: int) -> bool:
+    """`count` processes each listen on the public port, and one of them on the admin port."""
+    children = _children(parent)
+    return (
+        len(children) == count
+        and all(_listening(pid, port) for pid in children)
+        and sum(_listening(pid, admin_port) for pid in children) == 1
+    )
+
+
+def _post_new_connection(port: int, event_id: str) -> int:
+    """One signed webhook on a connection of its own (so the kernel picks a process for it)."""
+    body = envelope(event_id)
+    headers = {**signed_headers(body), "connection": "close"}
+    return httpx.post(
+        f"http://127.0.0.1:{port}{ENDPOINT}", content=body, headers=headers, timeout=10
+    ).status_code
+
+
+def test_a_killed_process_is_restarted_while_the_port_keeps_answering(
+    two_processes: tuple[Service, int],
+) -> None:
+    """The admin process SIGKILLed: every webhook meanwhile gets 202; two processes serve again, admin too."""
+    service, port = two_processes
     assert service.process is not None
-    first, second = _children(service.process.pid)
-    os.kill(first, signal.SIGKILL)
-    assert service.wait(20) != 0
-    assert not Path(f"/proc/{second}").exists()
+    admin_port = int(service.env["OA_ADMIN_PORT"])
+    admin_pid = next(pid for pid in _children(service.process.pid) if _listening(pid, admin_port))
+    os.kill(admin_pid, signal.SIGKILL)
+    wait_for(
+        lambda: not _listening(admin_pid, port), timeout_s=5, what="the killed process's sockets to close"
+    )
+    statuses: list[int] = []
+
+    def answered_and_serving_again() -> bool:
+        statuses.append(_post_new_connection(port, f"restart_{len(statuses)}"))
+        assert service.process is not None
+        return _serving(service.process.pid, port, admin_port, 2)
+
+    wait_for(answered_and_serving_again, timeout_s=10, what="two serving processes again")
+    assert admin_pid not in _children(service.process.pid)
+    assert set(statuses) == {202}, statuses
+    assert httpx.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=5).status_code == 200
+    assert service.process.poll() is None
+
+
+def test_a_process_that_keeps_dying_is_restarted_with_growing_delays(
+    two_processes: tuple[Service, int],
+) -> None:
+    """Killed three times in a row, a process is back after 0.5, 1 and 2 s; SIGTERM still stops all (0)."""
+    service, port = two_processes
+    assert service.process is not None
+    admin_port, parent = int(service.env["OA_ADMIN_PORT"]), service.process.pid
+    for _ in range(3):
+        victim = next(pid for pid in _children(parent) if not _listening(pid, admin_port))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda v=victim: v not in _children(parent) and _serving(parent, port, admin_port, 2),
+            timeout_s=15,
+            what="the killed process to be replaced",
+        )
+    restarts = [r for r in service.records() if r["msg"].startswith("an API process exited")]
+    assert [r["retry_in_s"] for r in restarts] == [0.5, 1.0, 2.0], restarts
+    assert all(r["status"] == -signal.SIGKILL for r in restarts), restarts
+    children = _children(parent)
+    service.signal(signal.SIGTERM)
+    assert service.wait(20) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)

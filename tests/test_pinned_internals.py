@@ -1,9 +1,12 @@
-"""The private parts of uvicorn and arq that we subclass or override still exist.
+"""The private parts of uvicorn and arq that we subclass or override still exist, and still behave.
 
-service/api/server.py subclasses uvicorn's `HttpToolsProtocol` and workers/runtime/main.py overrides arq's
-`Worker.start_jobs` and `record_health`. pyproject.toml pins both to the minor version these
-tests cover; an upgrade that drops one of these names fails here, naming it, instead of breaking
-the head/body guards or the claim path at run time.
+service/api/server.py subclasses uvicorn's `HttpToolsProtocol` (its own `data_received`, and a
+`cycle.transport` that joins a response's head to its body); workers/runtime/main.py overrides arq's
+`Worker.start_jobs` (against arq's semaphore and job counter) and `record_health`; service/store/queue.py
+writes arq's job encoding itself. pyproject.toml pins both to the minor version these tests cover,
+and make install installs the locks. An upgrade that drops one of these names fails here, naming
+it; one that changes what they do fails the behaviour tests below, instead of breaking the
+head/body guards, the claim path or every job at run time.
 """
 
 from __future__ import annotations
@@ -11,20 +14,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import time
+from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 import uvicorn
-from arq.worker import Worker
+from arq.jobs import deserialize_job, serialize_job
+from arq.worker import Worker, func
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from service.api.envelope import parse_envelope
+from service.api.server import GuardedHttpToolsProtocol
 from service.store import queue
-from tests.conftest import make_settings
+from service.store.ledger import Ledger
+from tests.conftest import envelope, make_settings
+from workers import Context, Event, on
 from workers.runtime.main import build_worker
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.types import Receive, Scope, Send
 
 # What GuardedHttpToolsProtocol calls or overrides on uvicorn's class.
@@ -143,3 +156,219 @@ async def test_arq_worker_still_has_what_our_worker_overrides(redis_url: str) ->
         )
     finally:
         await redis.aclose(close_connection_pool=True)
+
+
+# Behaviour: what we rely on, shown working (names alone prove little).
+
+
+async def _until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    """Poll `predicate` on the running loop until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_arq_decodes_and_runs_the_job_that_encode_job_writes(redis_url: str) -> None:
+    """Arq's own Worker runs encode_job's bytes as process_event(id, type): try 1, enqueued at `et`."""
+    now_ms = int(time.time() * 1000) - 5
+    job = queue.encode_job("evt_encoded", "lead.paid", enqueue_ms=now_ms)
+    # What arq's own enqueue would write for the same job decodes to the same definition.
+    ours = deserialize_job(job, deserializer=queue.deserialize)
+    arqs = deserialize_job(
+        serialize_job(
+            queue.JOB_FUNCTION, ("evt_encoded", "lead.paid"), {}, 1, now_ms, serializer=queue.serialize
+        ),
+        deserializer=queue.deserialize,
+    )
+    assert ours == arqs
+    seen: list[tuple[str, str, int, datetime]] = []
+
+    async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> None:
+        seen.append((event_id, event_type, ctx["job_try"], ctx["enqueue_time"]))
+
+    redis = queue.connect_arq(redis_url, timeout_s=2)
+    await redis.psetex(queue.job_key("evt_encoded"), 60_000, job)
+    await redis.zadd(queue.QUEUE_NAME, {"evt_encoded": now_ms})
+    worker = Worker(
+        functions=[func(process_event, name=queue.JOB_FUNCTION)],
+        redis_pool=redis,
+        queue_name=queue.QUEUE_NAME,
+        burst=True,
+        poll_delay=0.01,
+        handle_signals=False,
+        keep_result=0,
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
+    )
+    try:
+        async with asyncio.timeout(20):
+            await worker.async_run()  # burst: returns once the queue is empty
+    finally:
+        await redis.aclose(close_connection_pool=True)  # arq's close() calls redis-py's deprecated close
+    assert seen == [("evt_encoded", "lead.paid", 1, datetime.fromtimestamp(now_ms / 1000, tz=UTC))]
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+
+
+async def test_start_jobs_keeps_arqs_semaphore_and_job_counter_in_step(
+    redis_url: str, clean_registry: None
+) -> None:
+    """Our start_jobs never waits on arq's semaphore, never runs more than max_jobs, and frees every slot."""
+    max_jobs, events = 2, 5
+    release = asyncio.Event()
+    running: list[str] = []
+    most = 0
+
+    @on("lead.created")
+    async def hold(event: Event, ctx: Context) -> None:
+        nonlocal most
+        running.append(event.id)
+        most = max(most, len(running))
+        await release.wait()
+        running.remove(event.id)
+
+    settings = make_settings(redis_url, OA_WORKER_CONCURRENCY=max_jobs, OA_POLL_DELAY_S=0.01)
+    ingest = queue.connect(redis_url, timeout_s=2)
+    ledger = Ledger(ingest, queue_expiry_ms=60_000, retention_s=3600)
+    for i in range(events):
+        body = envelope(f"evt_sem_{i}", "lead.created")
+        await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=int(time.time() * 1000))
+    await ingest.aclose()
+    redis = queue.connect_arq(redis_url, timeout_s=2)
+    async with httpx.AsyncClient() as http:
+        worker = build_worker(settings, redis, http=http, worker_id="pin:sem")
+        permits = worker.sem._value  # arq: max_jobs + 1, one spare for its own poll loop
+        run = asyncio.create_task(worker.async_run())
+        try:
+            # A start_jobs that waited on the semaphore would hang here, not merely run fewer.
+            await _until(lambda: len(running) == max_jobs, timeout_s=10, what=f"{max_jobs} running handlers")
+            assert worker.job_counter == max_jobs
+            assert not worker.sem.locked()  # the poll loop can still go round while every slot is busy
+            release.set()
+            await _until(lambda: worker.jobs_complete == events, timeout_s=20, what=f"{events} finished jobs")
+            await _until(lambda: worker.job_counter == 0, timeout_s=5, what="every slot freed")
+        finally:
+            release.set()
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+            await redis.aclose(close_connection_pool=True)
+    assert most == max_jobs
+    assert worker.sem._value == permits  # each claimed job gave its permit back, none twice
+
+
+class _Wire(asyncio.Transport):
+    """The connection as the protocol sees it: every write kept, and whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Keep what the server sends."""
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        """Note the close."""
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        """Whether the server closed it."""
+        return self.closed
+
+    def pause_reading(self) -> None:
+        """Flow control: nothing to pause here."""
+
+    def resume_reading(self) -> None:
+        """Flow control: nothing to resume here."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """Addresses as a TCP socket gives them; no TLS."""
+        return {"peername": ("127.0.0.1", 50_000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+class _Echo:
+    """An app that reads the whole body, then answers with the method, the path and the body's size."""
+
+    def __init__(self) -> None:
+        self.in_receive = False  # true only while it waits for bytes that have not come yet
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request."""
+        assert scope["type"] == "http"
+        size, more = 0, True
+        while more:
+            self.in_receive = True
+            message = await receive()
+            self.in_receive = False
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = f"{scope['method']} {scope['path']} {size}".encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _exchange(protocol_class: type[HttpToolsProtocol], chunks: list[bytes]) -> _Wire:
+    """Feed `chunks` to a new connection of `protocol_class`, each once the app waits for more or is done."""
+    app = _Echo()
+    config = uvicorn.Config(app, ws="none", log_config=None)
+    config.load()
+    state = ServerState()
+    loop = asyncio.get_running_loop()
+    protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+    wire = _Wire()
+    protocol.connection_made(wire)
+    try:
+        for chunk in chunks:
+            protocol.data_received(chunk)
+            # The app's cycles run (a pipelined one is started by the one before) until it needs bytes.
+            await _until(lambda: not state.tasks or app.in_receive, timeout_s=5, what="the app to answer")
+        await _until(lambda: not state.tasks, timeout_s=5, what="every response")
+    finally:
+        protocol.connection_lost(None)
+    return wire
+
+
+_GET = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n"
+_POST_HEAD = b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+TRAFFIC = {
+    "one request": [_GET],
+    "a head split into 7-byte reads": [_GET[i : i + 7] for i in range(0, len(_GET), 7)],
+    "two pipelined requests in one read": [_GET + _GET.replace(b"/a", b"/c")],
+    "a body in two reads": [_POST_HEAD + b"\r\n01234", b"56789"],
+    "expect 100-continue": [_POST_HEAD + b"expect: 100-continue\r\n\r\n", b"0123456789"],
+    "a chunked body": [
+        b"POST /d HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\n01234\r\n",
+        b"0\r\n\r\n",
+    ],
+    "HTTP/1.0": [b"GET /e HTTP/1.0\r\n\r\n"],
+    "connection: close": [b"GET /f HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"],
+    "HEAD": [b"HEAD /g HTTP/1.1\r\nhost: x\r\n\r\n"],
+    "an upgrade with ws off": [
+        b"GET /h HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    ],
+}
+
+
+@pytest.mark.parametrize("traffic", TRAFFIC)
+async def test_our_data_received_answers_valid_http_as_uvicorns_does(traffic: str) -> None:
+    """Our data_received replaces uvicorn's: for valid HTTP, the same bytes out and the same closes."""
+    stock = await _exchange(HttpToolsProtocol, TRAFFIC[traffic])
+    guarded = await _exchange(GuardedHttpToolsProtocol, TRAFFIC[traffic])
+    assert stock.writes, "uvicorn answered nothing: the exchange did not run"
+    assert b"".join(guarded.writes) == b"".join(stock.writes)
+    assert guarded.closed == stock.closed
+
+
+async def test_uvicorn_writes_a_response_through_cycle_transport() -> None:
+    """Uvicorn sends head and body as two writes through `cycle.transport`; ours, set there, joins them."""
+    stock = await _exchange(HttpToolsProtocol, [_GET])
+    guarded = await _exchange(GuardedHttpToolsProtocol, [_GET])
+    assert [w.split(b"\r\n", 1)[0] for w in stock.writes] == [b"HTTP/1.1 200 OK", b"GET /a 0"]
+    assert guarded.writes == [b"".join(stock.writes)], (
+        "uvicorn no longer writes a response through cycle.transport: service/api/server.py's "
+        "_HeadJoinsBody sees no write"
+    )

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
 # Of the batch's time, the share WAIT may take; the rest is for the round trip itself, so that
 # too few replicas end as `NotReplicated` rather than as the batch's timeout.
-_WAIT_SHARE = 0.9
+WAIT_SHARE = 0.9
 
 
 class NotReplicated(RedisError):
@@ -53,7 +53,7 @@ class ScriptBatcher:
         self.redis = redis
         self.timeout_s = timeout_s
         self.replicas = replicas
-        self._wait_ms = max(1, int((timeout_s or 0) * 1000 * _WAIT_SHARE))
+        self._wait_ms = max(1, int((timeout_s or 0) * 1000 * WAIT_SHARE))
         self.script = script
         self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self.max_batch = max_batch

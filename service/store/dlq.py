@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.store.ledger import DEAD_KEY, event_key
 from service.store.replay import Replayer, ReplayResult, ReplayStatus
+from service.store.replicas import run_confirmed
 from service.store.scripts import load_script
 
 if TYPE_CHECKING:
@@ -93,10 +94,21 @@ def dead_letters_of(event_id: str, entry: dict[str, str]) -> list[DeadLetter]:
 class DeadLetters:
     """List, show, replay and purge dead letters."""
 
-    def __init__(self, redis: Redis, *, retention_s: int, queue_expiry_ms: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_s: int,
+        queue_expiry_ms: int,
+        min_replicas: int = 0,
+        timeout_s: float = 2.0,
+    ) -> None:
         self.redis = redis
         self.retention_s = retention_s
         self.queue_expiry_ms = queue_expiry_ms
+        # `OA_REDIS_MIN_REPLICAS`: a replay or purge returns once that many replicas hold it.
+        self.min_replicas = min_replicas
+        self.timeout_s = timeout_s
         self._purge = redis.register_script(_PURGE_DEAD)
 
     async def ids(self, *, older_than_s: float | None = None) -> list[str]:
@@ -139,15 +151,27 @@ class DeadLetters:
 
         The same replay as `events replay` (service/store/replay.py): one script, recorded on the event.
         """
-        replayer = Replayer(self.redis, queue_expiry_ms=self.queue_expiry_ms)
+        replayer = Replayer(
+            self.redis,
+            queue_expiry_ms=self.queue_expiry_ms,
+            min_replicas=self.min_replicas,
+            timeout_s=self.timeout_s,
+        )
         return await replayer.replay(event_id, dead_only=True, now_ms=now_ms)
 
     async def purge(self, event_id: str) -> bool:
         """Drop a dead event's body and errors, keeping a dedup tombstone for the retention period.
 
-        Atomic against a replay: False when the event is not dead (any more).
+        Atomic against a replay: False when the event is not dead (any more). With `min_replicas`, it
+        returns once that many replicas hold the purge, and raises `NotReplicated` otherwise.
         """
-        purged = await self._purge(
-            keys=[event_key(event_id), DEAD_KEY], args=[event_id, self.retention_s, *_KEEP_ON_PURGE]
+        purged = await run_confirmed(
+            self.redis,
+            self._purge,
+            keys=[event_key(event_id), DEAD_KEY],
+            args=[event_id, self.retention_s, *_KEEP_ON_PURGE],
+            replicas=self.min_replicas,
+            timeout_s=self.timeout_s,
+            what=f"purge of {event_id!r}",
         )
         return bool(purged)

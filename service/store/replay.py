@@ -12,6 +12,9 @@ Which handlers run:
 - `handler="pkg.module.func"`: only that one, even when others of the event's type never ran
   (a handler deployed later backfills past events this way, and the others do not run again);
 - by default: a dead event's dead handlers, or every handler of a done (or unhandled) event's type.
+
+With `min_replicas` (`OA_REDIS_MIN_REPLICAS`), a replay returns only once that many replicas hold it,
+as ingest's 202 does, and raises `NotReplicated` otherwise (service/store/replicas.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from service.store import queue
 from service.store.ledger import DEAD_KEY, PENDING_KEY, event_key
+from service.store.replicas import run_confirmed
 from service.store.scripts import load_script
 
 if TYPE_CHECKING:
@@ -58,9 +62,13 @@ class ReplayResult:
 class Replayer:
     """Replays events; construct once per connection."""
 
-    def __init__(self, redis: Redis, *, queue_expiry_ms: int) -> None:
+    def __init__(
+        self, redis: Redis, *, queue_expiry_ms: int, min_replicas: int = 0, timeout_s: float = 2.0
+    ) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
+        self.min_replicas = min_replicas
+        self.timeout_s = timeout_s
         self._script = redis.register_script(load_script("service.store", "replay-7"))
 
     async def replay(
@@ -95,7 +103,16 @@ class Replayer:
             queue.retry_key(event_id),
             queue.in_progress_key(event_id),
         ]
-        reply = [x.decode() for x in await self._script(keys=keys, args=[json.dumps(arg)])]
+        reply = await run_confirmed(
+            self.redis,
+            self._script,
+            keys=keys,
+            args=[json.dumps(arg)],
+            replicas=0 if dry_run else self.min_replicas,
+            timeout_s=self.timeout_s,
+            what=f"replay of {event_id!r}",
+        )
+        reply = [x.decode() for x in reply]
         status = ReplayStatus(reply[0])
         if status in (ReplayStatus.NOT_FINAL, ReplayStatus.FINISHING):
             return ReplayResult(event_id, status, state=reply[1])

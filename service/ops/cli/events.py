@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -23,7 +22,7 @@ from service.ops.cli.options import (
     build_filters,
     parse_rate,
 )
-from service.ops.cli.redis_access import operator_redis, operator_settings
+from service.ops.cli.redis_access import operator_redis, operator_settings, run_writes
 from service.store.history import (
     FINAL_STATES,
     Filters,
@@ -63,7 +62,7 @@ def _run(action: Callable[[Redis, Settings], Awaitable[T]]) -> T:
         async with operator_redis(settings) as redis:
             return await action(redis, settings)
 
-    return asyncio.run(go())
+    return run_writes(go)
 
 
 @app.command("list")
@@ -180,7 +179,12 @@ def replay(  # noqa: PLR0917 - typer: one parameter per option
 
     async def go(redis: Redis, settings: Settings) -> None:
         ids, unfinished = await _targets(redis, event_ids or [], filters)
-        replayer = Replayer(redis, queue_expiry_ms=settings.queue_expiry_ms)
+        replayer = Replayer(
+            redis,
+            queue_expiry_ms=settings.queue_expiry_ms,
+            min_replicas=settings.redis_min_replicas,
+            timeout_s=settings.redis_timeout_s,
+        )
         bulk = filters is not None or len(ids) > 1
         if dry_run or (bulk and not yes):
             planned = await replayer.replay_many(ids, handler=handler, dry_run=True)

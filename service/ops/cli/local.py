@@ -190,11 +190,25 @@ def healthcheck(
             help="api: both listeners answer (/healthz, admin /readyz); worker: a fresh heartbeat"
         ),
     ],
+    ready: Annotated[
+        bool,
+        typer.Option("--ready", help="api: exit 1 unless /readyz says ready (Redis and its replicas)"),
+    ] = False,
 ) -> None:
-    """Exit 0 when the API answers, or when a worker on this host has a fresh heartbeat."""
+    """Exit 0 when the API answers, or when a worker on this host has a fresh heartbeat.
+
+    For the API it prints `ready`, or `alive, not ready: <why>`: liveness is the exit status, so a
+    Redis outage does not get a healthy process restarted; `--ready` makes readiness the exit status.
+    """
     settings = load_settings_or_exit()
     if target == "api":
-        ok = _api_alive(settings.port, settings.admin_host, settings.admin_port)
+        alive, why_not_ready = _api_alive(settings.port, settings.admin_host, settings.admin_port)
+        if alive:
+            typer.echo("ready" if why_not_ready is None else f"alive, not ready: {why_not_ready}")
+        else:
+            admin = f"{settings.admin_host}:{settings.admin_port}"
+            typer.echo(f"not alive: no answer on port {settings.port} or {admin}", err=True)
+        ok = alive and (why_not_ready is None or not ready)
     elif target == "worker":
         ok = asyncio.run(_worker_alive(settings))
     else:
@@ -202,19 +216,27 @@ def healthcheck(
     raise typer.Exit(0 if ok else 1)
 
 
-def _api_alive(port: int, admin_host: str, admin_port: int) -> bool:
+def _api_alive(port: int, admin_host: str, admin_port: int) -> tuple[bool, str | None]:
     """Both listeners answer: /healthz on the public port, and /readyz (200 or 503) on the admin port.
 
-    Liveness only: a Redis outage (readyz 503) must not make the API look dead, as /healthz says.
+    Returns whether they do, and why /readyz says not ready (None when it says ready).
     """
     admin = _local(admin_host)
     try:
         with httpx.Client(timeout=3) as http:
             public_ok = http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-            admin_ok = http.get(f"http://{admin}:{admin_port}/readyz").status_code in {200, 503}
+            readyz = http.get(f"http://{admin}:{admin_port}/readyz")
     except httpx.HTTPError:
-        return False
-    return public_ok and admin_ok
+        return False, None
+    if readyz.status_code == 200:
+        return public_ok, None
+    if readyz.status_code != 503:
+        return False, None
+    try:
+        why = str(readyz.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        why = readyz.text[:200]
+    return public_ok, why
 
 
 async def _worker_alive(settings: Settings) -> bool:

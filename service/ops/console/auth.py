@@ -1,9 +1,12 @@
-"""The console's session cookie and CSRF tokens: HMACs keyed by `OA_ADMIN_TOKEN`, nothing stored.
+"""The console's session cookie and CSRF tokens: HMACs keyed by `OA_ADMIN_TOKEN`.
 
 A session cookie is `<expiry>.<nonce>.<mac>`: the expiry (Unix seconds) and a random nonce, with an
 HMAC-SHA256 of both under a key derived from the token. So it cannot be forged or extended without
-the token, and changing the token ends every session. The CSRF token of a session is the HMAC of
-its nonce under the same key: each form carries it, and a POST must send it back.
+the token, and changing the token ends every session. The nonce is also the session's id in Redis
+(service/store/sessions.py): a genuine cookie opens the console only while its session is live there,
+so signing out (or `oa-webhooks console sign-out-all`) ends it for every copy of the cookie. The CSRF
+token of a session is the HMAC of its nonce under the same key: each form carries it, and a POST
+must send it back.
 
 The standard library's `hmac` does all of it in a few lines; itsdangerous would sign the same way
 and add a dependency to the image for it. Every comparison is `hmac.compare_digest`.

@@ -69,7 +69,12 @@ async def replay(request: Request, event_id: str) -> Response:
     handler = form.get("handler", "")
     if refusal := _refusal(record, handler):
         return render(request, "error.html", refusal, status=409)
-    replayer = Replayer(runtime.redis, queue_expiry_ms=runtime.settings.queue_expiry_ms)
+    replayer = Replayer(
+        runtime.redis,
+        queue_expiry_ms=runtime.settings.queue_expiry_ms,
+        min_replicas=runtime.settings.redis_min_replicas,
+        timeout_s=runtime.settings.redis_timeout_s,
+    )
     result = await replayer.replay(event_id, handler=handler or None)
     log.info(
         "console replay",

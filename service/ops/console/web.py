@@ -1,13 +1,15 @@
 """What every console page shares: the templates, the headers, the session check, and form bodies.
 
 `ConsoleRoute` wraps each console endpoint: it answers 404 while `OA_ADMIN_TOKEN` is unset, sends a
-request without a valid session to the login page (GET) or answers 401 (anything else), renders a
-Redis outage as a page, and puts the security headers on every answer.
+request without a valid session (a genuine cookie whose session is still live in Redis) to the login
+page (GET) or answers 401 (anything else), renders a Redis outage as a page, and puts the security
+headers on every answer.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -21,6 +23,8 @@ from starlette.responses import RedirectResponse
 from service.api import ingest
 from service.api.state import runtime_of
 from service.ops.console import auth
+from service.store import sessions
+from service.store.batching import NotReplicated
 from service.store.summary import iso
 
 if TYPE_CHECKING:
@@ -115,21 +119,37 @@ class ConsoleRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             if runtime_of(request).settings.admin_token is None:
                 return ingest.error_response(404, "not_found", "Not Found")
-            request.state.session = auth.session_of(request, _token(request))
-            if request.state.session is None and not is_public:
-                response = _unauthenticated(request)
-            else:
-                try:
+            request.state.session = None
+            static = request.url.path.startswith(f"{PREFIX}/static/")
+            try:
+                request.state.session = None if static else await _live_session(request)
+                if request.state.session is None and not is_public:
+                    response = _unauthenticated(request)
+                else:
                     response = await handler(request)
-                except RedisError as exc:
-                    log.warning("console page failed: Redis error", extra={"error": type(exc).__name__})
-                    response = render(request, "error.html", _redis_down(exc), status=503)
+            except NotReplicated as exc:  # a RedisError, but Redis answered: say what happened
+                log.warning("console write not confirmed by the replicas", extra={"error": str(exc)})
+                response = render(request, "error.html", _not_replicated(exc), status=503)
+            except RedisError as exc:
+                log.warning("console page failed: Redis error", extra={"error": type(exc).__name__})
+                response = render(request, "error.html", _redis_down(exc), status=503)
             response.headers.update(HEADERS)
-            if not request.url.path.startswith(f"{PREFIX}/static/"):
+            if not static:
                 response.headers["cache-control"] = "no-store"
             return response
 
         return guarded
+
+
+async def _live_session(request: Request) -> auth.Session | None:
+    """The session of the request's cookie, if the cookie is genuine and the session is live in Redis."""
+    session = auth.session_of(request, _token(request))
+    if session is None:
+        return None
+    live = await sessions.session_is_live(
+        runtime_of(request).redis, session.nonce, now_ms=time.time_ns() // 1_000_000
+    )
+    return session if live else None
 
 
 def _unauthenticated(request: Request) -> Response:
@@ -152,6 +172,18 @@ def _redis_down(exc: RedisError) -> dict[str, Any]:
             "points at it; this page works again as soon as Redis answers."
         ),
         "link": (PREFIX, "Try again"),
+    }
+
+
+def _not_replicated(exc: NotReplicated) -> dict[str, Any]:
+    return {
+        "title": "Done on the primary, not confirmed by the replicas",
+        "message": (
+            f"Redis's primary has it, but the replicas did not confirm it in time ({exc}; "
+            "OA_REDIS_MIN_REPLICAS). If the primary fails before a replica catches up, it can be lost. "
+            "Check the replicas, then open the event to see where it stands."
+        ),
+        "link": (PREFIX, "Back to the console"),
     }
 
 
