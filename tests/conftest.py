@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,29 @@ async def admin_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
             yield http
+
+
+CONSOLE_TOKEN = "console-token-0123456789abcdef"
+
+
+@pytest.fixture
+async def console(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The admin app in-process with OA_ADMIN_TOKEN set; a client that does not follow redirects."""
+    app = create_admin_app(make_settings(redis_url, OA_ADMIN_TOKEN=CONSOLE_TOKEN))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            yield http
+
+
+async def sign_in_console(http: httpx.AsyncClient) -> str:
+    """Sign in to the console; return the session's CSRF token, read from the sign-out form."""
+    answer = await http.post("/console/login", data={"token": CONSOLE_TOKEN})
+    assert answer.status_code == 303
+    page = await http.get("/console/events")
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert match, page.text
+    return match[1]
 
 
 @pytest.fixture

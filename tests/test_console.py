@@ -7,7 +7,6 @@ import logging
 import re
 import time
 import tomllib
-from collections.abc import AsyncIterator
 from fnmatch import fnmatch
 
 import httpx
@@ -21,30 +20,8 @@ from service.ops.console.charts import minute_chart
 from service.settings import Settings, SettingsError, load_settings
 from service.store.ledger import MINUTE_STATS_TTL_S, minute_stats_key
 from service.store.stats import read_minutes
-from tests.conftest import ENDPOINT, envelope, make_settings, signed_headers
+from tests.conftest import CONSOLE_TOKEN, ENDPOINT, envelope, make_settings, sign_in_console, signed_headers
 from tests.processes import ROOT
-
-TOKEN = "console-token-0123456789abcdef"
-
-
-@pytest.fixture
-async def console(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The admin app in-process with OA_ADMIN_TOKEN set; a client that does not follow redirects."""
-    app = create_admin_app(make_settings(redis_url, OA_ADMIN_TOKEN=TOKEN))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
-            yield http
-
-
-async def _sign_in(http: httpx.AsyncClient) -> str:
-    """Sign in; return the session's CSRF token, read from the sign-out form."""
-    answer = await http.post("/console/login", data={"token": TOKEN})
-    assert answer.status_code == 303
-    page = await http.get("/console/events")
-    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
-    assert match, page.text
-    return match[1]
 
 
 async def test_console_is_off_without_a_token(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -57,7 +34,7 @@ async def test_console_is_off_without_a_token(redis_url: str, caplog: pytest.Log
         httpx.AsyncClient(transport=transport, base_url="http://a") as http,
     ):
         answers = [await http.get(path) for path in ("/console", "/console/login", "/console/events")]
-        posted = await http.post("/console/login", data={"token": TOKEN})
+        posted = await http.post("/console/login", data={"token": CONSOLE_TOKEN})
     for answer in [*answers, posted]:
         assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
     assert any("console disabled: set OA_ADMIN_TOKEN" in r.getMessage() for r in caplog.records)
@@ -87,12 +64,14 @@ async def test_login_with_a_wrong_token_shows_an_error_and_sets_no_cookie(consol
 
 async def test_login_sets_an_httponly_strict_session_cookie(console: httpx.AsyncClient) -> None:
     """The right token: 303 to where the user was going, and an HttpOnly, SameSite=Strict /console cookie."""
-    answer = await console.post("/console/login", data={"token": TOKEN, "next": "/console/events?state=dead"})
+    answer = await console.post(
+        "/console/login", data={"token": CONSOLE_TOKEN, "next": "/console/events?state=dead"}
+    )
     assert (answer.status_code, answer.headers["location"]) == (303, "/console/events?state=dead")
     cookie = answer.headers["set-cookie"].lower()
     assert cookie.startswith(f"{auth.COOKIE}=")
     assert {"httponly", "samesite=strict", "path=/console"} <= {part.strip() for part in cookie.split(";")}
-    assert TOKEN.lower() not in cookie
+    assert CONSOLE_TOKEN.lower() not in cookie
     assert (await console.get("/console")).status_code == 200
 
 
@@ -101,14 +80,14 @@ async def test_login_sets_an_httponly_strict_session_cookie(console: httpx.Async
 )
 async def test_login_never_redirects_outside_the_console(console: httpx.AsyncClient, target: str) -> None:
     """`next` outside /console (another site, another path) sends the user to /console instead."""
-    answer = await console.post("/console/login", data={"token": TOKEN, "next": target})
+    answer = await console.post("/console/login", data={"token": CONSOLE_TOKEN, "next": target})
     assert answer.headers["location"] == "/console"
 
 
 async def test_every_answer_has_the_security_headers(console: httpx.AsyncClient) -> None:
     """CSP without unsafe-inline (no script at all), X-Frame-Options DENY and no-store on every page."""
     answers = [await console.get("/console"), await console.get("/console/login")]
-    await _sign_in(console)
+    await sign_in_console(console)
     answers += [await console.get(p) for p in ("/console", "/console/events", "/console/events/nope")]
     answers.append(await console.post("/console/replay/nope", data={}))
     assert [a.status_code for a in answers] == [303, 200, 200, 200, 404, 403]
@@ -125,13 +104,13 @@ async def test_every_answer_has_the_security_headers(console: httpx.AsyncClient)
 
 async def test_a_replay_post_without_its_csrf_token_is_refused(console: httpx.AsyncClient) -> None:
     """Signed in, a replay POST with no CSRF token, or another session's, is 403; the right one passes it."""
-    other = await _sign_in(console)
-    csrf = await _sign_in(console)  # a new session: `other` belonged to the previous one
+    other = await sign_in_console(console)
+    csrf = await sign_in_console(console)  # a new session: `other` belonged to the previous one
     # The token that failed CI 1 run in 16 ends in "0"; sign in again until one does (about 16 times).
     for _ in range(300):
         if csrf.endswith("0"):
             break
-        other, csrf = csrf, await _sign_in(console)
+        other, csrf = csrf, await sign_in_console(console)
     assert csrf.endswith("0")
     assert other != csrf
     # One hex digit changed (its lowest bit), so it differs from the token whatever that ends in.
@@ -146,14 +125,16 @@ async def test_a_replay_post_without_its_csrf_token_is_refused(console: httpx.As
 def test_a_session_cookie_cannot_be_forged_altered_or_outlive_its_expiry() -> None:
     """The cookie is valid under its own token only, untouched, and until it expires."""
     now = time.time()
-    cookie = auth.new_session(TOKEN.encode(), now_s=now)
-    assert auth.parse_session(cookie, TOKEN.encode(), now_s=now) is not None
+    cookie = auth.new_session(CONSOLE_TOKEN.encode(), now_s=now)
+    assert auth.parse_session(cookie, CONSOLE_TOKEN.encode(), now_s=now) is not None
     assert auth.parse_session(cookie, b"another-token-0123456789", now_s=now) is None
     expires, nonce, mac = cookie.split(".")
-    assert auth.parse_session(f"{int(expires) + 3600}.{nonce}.{mac}", TOKEN.encode(), now_s=now) is None
-    assert auth.parse_session(f"{expires}.{nonce}x.{mac}", TOKEN.encode(), now_s=now) is None
-    assert auth.parse_session(cookie, TOKEN.encode(), now_s=now + auth.SESSION_TTL_S) is None
-    assert auth.parse_session("garbage", TOKEN.encode(), now_s=now) is None
+    assert (
+        auth.parse_session(f"{int(expires) + 3600}.{nonce}.{mac}", CONSOLE_TOKEN.encode(), now_s=now) is None
+    )
+    assert auth.parse_session(f"{expires}.{nonce}x.{mac}", CONSOLE_TOKEN.encode(), now_s=now) is None
+    assert auth.parse_session(cookie, CONSOLE_TOKEN.encode(), now_s=now + auth.SESSION_TTL_S) is None
+    assert auth.parse_session("garbage", CONSOLE_TOKEN.encode(), now_s=now) is None
 
 
 def test_admin_token_refuses_short_and_placeholder_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +147,7 @@ def test_admin_token_refuses_short_and_placeholder_values(monkeypatch: pytest.Mo
         monkeypatch.setenv("OA_ADMIN_TOKEN", bad)
         with pytest.raises(SettingsError, match=r"^OA_ADMIN_TOKEN"):
             load_settings()
-    assert make_settings("redis://x", OA_ADMIN_TOKEN=TOKEN).admin_token == SecretStr(TOKEN)
+    assert make_settings("redis://x", OA_ADMIN_TOKEN=CONSOLE_TOKEN).admin_token == SecretStr(CONSOLE_TOKEN)
     assert "admin_token" in Settings.model_fields
 
 
@@ -233,7 +214,7 @@ async def test_events_pages_with_a_cursor_and_keeps_the_filters(
 ) -> None:
     """55 events: 50 on the first page with an 'Older events' link (cursor, same filters), 5 on the next."""
     await _post_events(client, 55)
-    await _sign_in(console)
+    await sign_in_console(console)
     first = await console.get("/console/events", params={"type": "lead.*", "since": "1h"})
     assert first.status_code == 200
     assert first.text.count('<a href="/console/events/evt_') == 50
@@ -256,7 +237,7 @@ async def test_events_filters_say_how_to_fix_a_bad_value(
 ) -> None:
     """A bad time or state is a 400 with the error beside its field; no filter matching is an empty page."""
     await _post_events(client, 1)
-    await _sign_in(console)
+    await sign_in_console(console)
     bad = await console.get("/console/events", params={"since": "yesterday", "state": "lost"})
     assert bad.status_code == 400
     assert "There is a problem" in bad.text
@@ -274,7 +255,7 @@ async def test_replay_refuses_an_unfinished_event_and_an_unknown_handler(
 ) -> None:
     """A queued event has no Replay button and its replay is 409; so is a handler the event never had."""
     await _post_events(client, 1)
-    csrf = await _sign_in(console)
+    csrf = await sign_in_console(console)
     page = await console.get("/console/events/evt_000")
     assert page.status_code == 200
     assert ">Replay</button>" not in page.text
@@ -288,7 +269,7 @@ async def test_replay_refuses_an_unfinished_event_and_an_unknown_handler(
 
 async def test_sign_out_needs_its_csrf_token_and_clears_the_cookie(console: httpx.AsyncClient) -> None:
     """Sign out without the CSRF token is 403 (still signed in); with it, the cookie is cleared."""
-    csrf = await _sign_in(console)
+    csrf = await sign_in_console(console)
     assert (await console.post("/console/logout", data={})).status_code == 403
     assert (await console.get("/console")).status_code == 200
     answer = await console.post("/console/logout", data={"csrf": csrf})

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from redis import Redis
 
-from service.ops.admin import create_admin_app
 from service.store import queue
 from service.store.handlers import PAUSED_KEY, publish
 from service.store.ledger import event_key
-from tests.conftest import make_settings
-from tests.test_console import TOKEN, _sign_in
+from tests.conftest import sign_in_console
 
 NAME = "workers.handlers.crm.push"
-
-
-@pytest.fixture
-async def console(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The admin app in-process with the console on; a client that does not follow redirects."""
-    app = create_admin_app(make_settings(redis_url, OA_ADMIN_TOKEN=TOKEN))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
-            yield http
 
 
 def _now_ms() -> int:
@@ -48,7 +34,7 @@ async def test_the_overview_lists_handlers_and_pause_then_resume_round_trips(
 ) -> None:
     """Pause asks first, POSTs with the CSRF token, and shows paused; Resume brings it back to active."""
     await _register(redis_url)
-    csrf = await _sign_in(console)
+    csrf = await sign_in_console(console)
     overview = await console.get("/console")
     row = re.search(rf'<tr data-handler="{re.escape(NAME)}">(.*?)</tr>', overview.text, re.DOTALL)
     assert row, overview.text
@@ -80,7 +66,7 @@ async def test_pause_without_a_valid_csrf_token_or_with_a_bad_duration_changes_n
 ) -> None:
     """No CSRF token: 403; a duration that is not one: 400 with the field's error; nothing is paused."""
     await _register(redis_url)
-    csrf = await _sign_in(console)
+    csrf = await sign_in_console(console)
     refused = await console.post(f"/console/handlers/{NAME}/pause", data={"for": "1h"})
     assert refused.status_code == 403
     bad = await console.post(f"/console/handlers/{NAME}/pause", data={"csrf": csrf, "for": "soon"})
@@ -95,7 +81,7 @@ async def test_an_unknown_handler_is_404_and_names_the_known_ones(
 ) -> None:
     """Pausing a name no worker registered answers 404, listing the registered handlers."""
     await _register(redis_url)
-    csrf = await _sign_in(console)
+    csrf = await sign_in_console(console)
     answer = await console.post("/console/handlers/workers.handlers.nope.nope/pause", data={"csrf": csrf})
     assert answer.status_code == 404
     assert NAME in answer.text
@@ -103,7 +89,7 @@ async def test_an_unknown_handler_is_404_and_names_the_known_ones(
 
 async def test_an_events_page_says_why_a_handler_waits(console: httpx.AsyncClient, redis_sync: Redis) -> None:
     """A waiting handler's reason and since-when are on the event's page."""
-    await _sign_in(console)
+    await sign_in_console(console)
     redis_sync.hset(
         event_key("evt_wait"),
         mapping={

@@ -29,10 +29,9 @@ from service.store import queue
 from service.store.ledger import DEAD_KEY, Ledger, event_key
 from service.store.replay import Replayer, ReplayResult
 from tests.arq_worker import ArqWorker
-from tests.conftest import SECRET, make_settings
+from tests.conftest import CONSOLE_TOKEN, SECRET, make_settings, sign_in_console
 from tests.processes import service_env
 from tests.redis_server import free_port
-from tests.test_console import TOKEN, _sign_in
 from workers import Context, Event, PermanentError, on
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
@@ -121,7 +120,7 @@ async def test_console_events_replay_and_dlq_replay_say_that_the_run_is_still_fi
     async def crm(event: Event, ctx: Context) -> None:
         raise PermanentError("the CRM refuses this lead")
 
-    settings = make_settings(redis_url, OA_ADMIN_TOKEN=TOKEN)
+    settings = make_settings(redis_url, OA_ADMIN_TOKEN=CONSOLE_TOKEN)
     await _accept(arq_redis, "sold_1", "lead.sold")
     app = create_admin_app(settings)
     answers: dict[str, tuple[int, str]] = {}
@@ -130,7 +129,7 @@ async def test_console_events_replay_and_dlq_replay_say_that_the_run_is_still_fi
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as console,
         httpx.AsyncClient() as http,
     ):
-        csrf = await _sign_in(console)
+        csrf = await sign_in_console(console)
 
         async def replay_three_ways() -> None:
             assert redis_sync.hget(event_key("sold_1"), "state") == b"dead"
