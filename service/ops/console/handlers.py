@@ -74,7 +74,8 @@ async def change(request: Request, name: str, action: str) -> Response:
                 view = await _view(request, name)
                 if view is None:
                     raise UnknownHandler(name, []) from None
-                errors = {"for": f"{duration!r} is not a duration. {_DURATION_HINT}"}
+                fix = "enter one such as 30m, 2h or 1d, or nothing"
+                errors = {"for": f"{duration!r} is not a duration: {fix}"}
                 context = {
                     "handler": view,
                     "action": action,

@@ -60,6 +60,8 @@ templates = Jinja2Templates(
 )
 templates.env.filters["path"] = lambda value: quote(str(value), safe="")  # an id as one URL segment
 templates.env.filters["iso"] = lambda ms: iso(ms) or "-"
+# A moment as people read it in a table: to the second, "2026-12-02 21:28:31 UTC".
+templates.env.filters["moment"] = lambda ms: f"{(iso(ms) or '')[:19].replace('T', ' ')} UTC" if ms else "-"
 templates.env.filters["clock"] = lambda epoch_s: datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%H:%M:%S")
 
 
