@@ -177,26 +177,31 @@ def test_rate_is_a_fleet_wide_limit(tmp_path: Path, redis_url: str, redis_sync: 
         stack.add_handler_module(MODULE, RATE_HANDLERS)
         stack.start()
         second.start()
-        ids = []
+        # The limited events first, alone: the unlimited ones would load the workers meanwhile and
+        # delay the calls the limiter let through.
         with httpx.Client(base_url=stack.base_url, timeout=10) as http:
             for kind in ("rate", "free"):
+                ids = []
                 for i in range(35):
                     body = envelope(f"{kind}{i:03d}", f"lead.{kind}_probe", lead_id=i)
                     assert http.post(ENDPOINT, content=body, headers=signed_headers(body)).status_code == 202
                     ids.append(f"{kind}{i:03d}")
-        wait_for(lambda: _all_done(redis_sync, ids), timeout_s=60, what="70 events done")
+                wait_for(
+                    lambda ids=ids: _all_done(redis_sync, ids), timeout_s=60, what=f"35 {kind} events done"
+                )
     finally:
         second.stop()
         stack.close()
     starts = sorted(c.started for c in crm.on("/limited"))
     assert len(starts) == 35
-    # Starts are counted by Redis's clock at the claim; each reaches the CRM a few ms to ~100 ms later,
-    # so a window at the CRM allows 150 ms of that jitter.
-    busiest = max(sum(1 for s in starts if t <= s < t + 0.85) for t in starts)
+    # Starts are counted by Redis's clock at the claim, exactly (tests/test_protect.py); each call leaves
+    # the worker a few ms to a few hundred ms later on a loaded machine (its event loop runs the other
+    # runs first), so a window at the CRM allows 300 ms of that jitter.
+    busiest = max(sum(1 for s in starts if t <= s < t + 0.7) for t in starts)
     assert busiest <= 10, busiest
     assert starts[-1] - starts[0] >= 2.5, "35 starts at 10/s take three windows: the limit binds"
     free = sorted(c.started for c in crm.on("/free"))
-    assert max(sum(1 for s in free if t <= s < t + 0.85) for t in free) > 10, "the unlimited one is not held"
+    assert max(sum(1 for s in free if t <= s < t + 0.7) for t in free) > 10, "the unlimited one is not held"
 
 
 def test_a_429_with_retry_after_is_retried_no_sooner_than_it_asks(
