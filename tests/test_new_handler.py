@@ -98,7 +98,7 @@ def test_a_name_that_cannot_be_a_handler_module_exits_2_and_writes_nothing(clone
     before = _changed(clone)
     refused = _run(clone, str(BIN / "oa-webhooks"), "new", "handler", name)
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "Invalid value for 'NAME'" in refused.stderr
+    assert f"Invalid value: '{name}'" in refused.stderr
     assert _changed(clone) == before
 
 

@@ -105,6 +105,8 @@ async def test_dead_when_the_crm_refuses_the_event() -> None:
 
 def _check_name(name: str) -> str:
     """A lowercase Python identifier that a handler module and function may take; else exit 2."""
+    if name.startswith("_"):
+        raise typer.BadParameter(f"{name!r}: a worker skips handler modules whose name starts with _")
     if not _NAME.fullmatch(name) or keyword.iskeyword(name):
         raise typer.BadParameter(
             f"{name!r} is not a lowercase Python identifier of at most 32 characters: use a-z, 0-9 "
