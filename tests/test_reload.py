@@ -160,6 +160,49 @@ def test_a_changed_module_runs_on_the_next_event_and_a_broken_one_is_told_once(c
     assert "v3 saw" not in text
 
 
+SLOW = """
+import asyncio
+import pathlib
+
+from workers import Context, Event, on
+
+FLAG = pathlib.Path(__file__).parent.parent.parent / "go"
+
+
+@on("lead.created")
+async def probe(event: Event, ctx: Context) -> None:
+    ctx.log.warning("{version} started %s", event.id)
+    while not FLAG.exists():
+        await asyncio.sleep(0.05)
+    ctx.log.warning("{version} finished %s", event.id)
+"""
+
+
+def test_saves_while_the_worker_stops_let_its_running_handler_finish(clone: Path) -> None:
+    """Two saves while a handler runs: one restart (one SIGTERM), the handler finishes, the last save runs."""
+    probe = clone / "workers" / "handlers" / "reload_probe.py"
+    probe.write_text(SLOW.format(version="v1"), encoding="utf-8")
+    run = Run(clone)
+    try:
+        run.wait_for(r"loaded \d+ handlers from workers\.handlers")
+        run.send("s1")
+        run.wait_for(r"v1 started s1")
+        probe.write_text(SLOW.format(version="v2"), encoding="utf-8")
+        run.wait_for(r"restarting the worker")
+        run.wait_for(r"running handlers get \d+s to finish")
+        probe.write_text(SLOW.format(version="v3"), encoding="utf-8")
+        assert _never(lambda: run.text().count("restarting the worker") > 1, for_s=2), run.text()
+        (clone / "go").touch()
+        run.wait_for(r"v1 finished s1")
+        run.send("s2")
+        run.wait_for(r"v3 finished s2")
+    finally:
+        run.stop()
+    text = run.text()
+    assert text.count("restarting the worker") == 1, text
+    assert "v2 started" not in text, "the worker that started after both saves runs the last one"
+
+
 def test_no_reload_keeps_the_running_worker(clone: Path) -> None:
     """With --no-reload a saved module changes nothing: the next event still runs the code it started with."""
     (clone / "workers" / "handlers" / "reload_probe.py").write_text(

@@ -85,6 +85,8 @@ class WorkerSupervisor:
 
     def reload(self, why: str) -> None:
         """Restart the worker now on the current code: stop it (SIGTERM) and start one when it has exited."""
+        if self._reloading:
+            return  # already stopping: the next worker imports the code as it is then, this change too
         _say(f"{why}: restarting the worker")
         self._reloading = True
         if self.process is not None and self.process.poll() is None:
