@@ -23,9 +23,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/oa-webhooks run
 
-## make test: lint, then every test (unit, in-process, end-to-end with real processes).
+## make test: lint, then every test (unit, in-process, end-to-end with real processes), your handlers'
+## tests in tests/handlers/ too. `make test TESTS=tests/handlers` runs only those, in seconds.
+TESTS ?=
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

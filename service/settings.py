@@ -266,7 +266,8 @@ def _first_error(exc: ValidationError) -> str:
     return f"{name}: {message}"
 
 
-def _load(kind: type[S]) -> S:
+def load(kind: type[S]) -> S:
+    """Read and validate `kind` (`OperatorSettings` for `workers.testing`), raising `SettingsError`."""
     try:
         return kind()
     except ValidationError as exc:
@@ -275,7 +276,7 @@ def _load(kind: type[S]) -> S:
 
 def _load_or_exit(kind: type[S]) -> S:
     try:
-        return _load(kind)
+        return load(kind)
     except SettingsError as exc:
         print(f"oa-webhooks: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -283,7 +284,7 @@ def _load_or_exit(kind: type[S]) -> S:
 
 def load_settings() -> Settings:
     """Read and validate the settings, raising `SettingsError` with one line that names the variable."""
-    return _load(Settings)
+    return load(Settings)
 
 
 def load_settings_or_exit() -> Settings:

@@ -65,7 +65,7 @@ EVENTS = [
 
 
 @pytest.fixture
-async def history(worker_ctx: dict[str, Any], redis: AsyncRedis) -> dict[str, Any]:
+async def history(worker_ctx: dict[str, Any], redis: AsyncRedis, clean_registry: None) -> dict[str, Any]:
     """Ten events over ten hours, run by the worker except the last.
 
     lead.* handled (lead.sold of lead 3 dead, lead.created of lead 4 still queued), invoice.created

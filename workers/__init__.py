@@ -6,6 +6,9 @@
     async def book_payment(event: Event, ctx: Context) -> None:
         ...
 
+Test a handler with `workers.testing` (`make_event`, `run_handler`): it runs the handler as the
+worker would and says what the worker decides, with no Redis and no secret (docs/handlers.md).
+
 The contract, in full:
 
 - **Idempotent.** A handler may run more than once for one event (a worker killed mid-run,

@@ -11,9 +11,11 @@ model (a field of the wrong type) is handed over as the plain `Payload`, every f
 
 from __future__ import annotations
 
+import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
@@ -77,6 +79,42 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "invoice.paid": InvoicePaid,
 }
 KNOWN_TYPES = frozenset(PAYLOAD_MODELS)
+
+_NOW = "2024-03-01T12:00:00Z"
+# A realistic payload per documented type: what `oa-webhooks send` posts and `workers.testing.make_event`
+# starts from, shaped as the provider's examples.
+SAMPLES: dict[str, dict[str, Any]] = {
+    "lead.created": {
+        "lead_id": 12345,
+        "website_code": "1cd440df63f796a1f69da652cd0209",
+        "subcategory_id": "1",
+        "created_at": _NOW,
+    },
+    "lead.sold": {
+        "lead_id": 12345,
+        "website_code": "1cd440df63f796a1f69da652cd0209",
+        "subcategory_id": "1",
+        "created_at": _NOW,
+    },
+    "lead.invoiced": {"lead_id": 12345, "invoice_id": 987, "created_at": _NOW},
+    "lead.paid": {"lead_id": 12345, "invoice_id": 987, "created_at": _NOW},
+    "invoice.created": {"invoice_id": 987, "lead_id": 12345, "created_at": _NOW},
+    "invoice.paid": {"invoice_id": 987, "lead_id": 12345, "created_at": _NOW},
+}
+
+
+def sample_payload(event_type: str) -> dict[str, Any]:
+    """A copy of the sample payload of `event_type`; `{"id": 1}` for a type we do not know."""
+    return dict(SAMPLES.get(event_type, {"id": 1}))
+
+
+def sample_body(
+    event_type: str, *, event_id: str | None = None, payload: dict[str, Any] | None = None
+) -> bytes:
+    """The JSON body of a sample event: `payload`, else the type's sample; a random id unless given."""
+    chosen = payload if payload is not None else sample_payload(event_type)
+    envelope = {"id": event_id or f"evt_{secrets.token_hex(8)}", "type": event_type, "payload": chosen}
+    return json.dumps(envelope).encode()
 
 
 @dataclass(frozen=True, slots=True)

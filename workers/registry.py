@@ -67,6 +67,10 @@ class Handler:
     rate: Rate | None = None
     breaker: bool = True
 
+    def tries(self, default: int) -> int:
+        """How many tries this handler gets: its own `on(..., max_tries=N)`, else `default` (OA_MAX_TRIES)."""
+        return self.max_tries or default
+
     @property
     def ordered(self) -> bool:
         """True when the handler sees each key's events one at a time, in acceptance order."""

@@ -119,7 +119,7 @@ def _failed(
     decision = decide(
         exc,
         attempt=number,
-        max_tries=handler.max_tries or settings.max_tries,
+        max_tries=handler.tries(settings.max_tries),
         retry_on=handler.retry_on,
         backoff=state.backoff,
         retry_after_max_s=settings.retry_after_max_s,
@@ -152,7 +152,7 @@ async def run_handler(
 ) -> RunResult:
     """Run one handler once (its attempt is already counted) and decide what follows."""
     number = current.attempts
-    max_tries = handler.max_tries or state.settings.max_tries
+    max_tries = handler.tries(state.settings.max_tries)
     logger = bind_logger(log, event_id=event_id, type=event_type, handler=handler.name, attempt=number)
     ctx = Context(state.redis, state.http, logger, handler.name, number, max_tries)
     if number > max_tries:

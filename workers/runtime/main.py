@@ -116,7 +116,7 @@ def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, wor
     """The arq worker with our job and the settings' tuning."""
     state = WorkerState(
         settings=settings,
-        backoff=Backoff(settings.retry_initial_s, settings.retry_max_delay_s, settings.retry_jitter),
+        backoff=Backoff.from_settings(settings),
         http=http,
         redis=redis,
         journal=Journal(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms),

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import ValidationError
 
 from service.api.envelope import MalformedBody
 from workers.context import PermanentError, RetryLater
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,11 @@ class Backoff:
     initial_s: float
     max_delay_s: float
     jitter: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Backoff:
+        """The worker's schedule: `OA_RETRY_INITIAL_S`, `OA_RETRY_MAX_DELAY_S` and `OA_RETRY_JITTER`."""
+        return cls(settings.retry_initial_s, settings.retry_max_delay_s, settings.retry_jitter)
 
     def bound_s(self, attempt: int) -> float:
         """The largest delay after failed attempt `attempt` (1-based)."""

@@ -9,7 +9,7 @@ import typer
 import uvloop
 
 from service.logs import configure
-from service.ops.cli import console, dlq, events, handlers, local, sender, status
+from service.ops.cli import console, dlq, events, handlers, local, scaffold, sender, status
 from service.settings import load_settings_or_exit
 
 # Pretty exceptions print local variables, which could include the secret: keep them off.
@@ -21,6 +21,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(events.app, name="events")
 app.add_typer(handlers.app, name="handlers")
 app.add_typer(console.app, name="console")
+app.add_typer(scaffold.app, name="new")
 app.command("status")(status.status)
 
 

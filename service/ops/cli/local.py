@@ -20,6 +20,7 @@ import typer
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.ops.cli.reload import Watcher, watched_folders
 from service.ops.cli.supervise import WorkerSupervisor
 from service.settings import load_settings_or_exit
 
@@ -151,7 +152,14 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.kill()
 
 
-def run() -> None:
+def run(
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload/--no-reload", help="restart the worker when a .py file under workers/ changes"
+        ),
+    ] = True,
+) -> None:
     """Start Redis (if REDIS_URL does not answer), the API on OA_PORT and one worker; Ctrl-C stops them."""
     _ensure_env_file()
     settings = load_settings_or_exit()
@@ -166,21 +174,37 @@ def run() -> None:
         f"/metrics and /readyz on http://{settings.admin_host}:{settings.admin_port}"
     )
     typer.echo(_console_line(settings))
+    watcher = Watcher(watched_folders(settings.handlers_package)) if reload else None
+    typer.echo(_reload_line(watcher))
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if watcher:
+            watcher.start()
         while True:
             time.sleep(0.2)
             if api.poll() is not None:
                 typer.echo(f"the API exited with status {api.returncode}", err=True)
                 break
+            if watcher and (changed := watcher.changed()):
+                worker.reload(f"{changed} changed")
             worker.check()
     except KeyboardInterrupt:
         typer.echo("stopping...")
     finally:
+        if watcher:
+            watcher.stop()
         _stop([api, *([worker.process] if worker.process else [])])
         if redis_process is not None:
             _stop([redis_process])
     sys.exit(0 if api.returncode in (None, 0, -signal.SIGTERM) else 1)
+
+
+def _reload_line(watcher: Watcher | None) -> str:
+    if watcher is None:
+        return "reload off (--no-reload): restart `make run` to run changed handlers"
+    here = Path.cwd()
+    folders = [f"{f.relative_to(here)}/" if f.is_relative_to(here) else f"{f}/" for f in watcher.folders]
+    return f"reload on: the worker restarts when a .py file under {' or '.join(folders)} changes"
 
 
 def healthcheck(

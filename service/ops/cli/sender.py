@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,35 +12,7 @@ import typer
 from service.api.ingest import PATH
 from service.api.signature import SIGNATURE_HEADER, sign
 from service.settings import load_settings_or_exit
-
-_NOW = "2024-03-01T12:00:00Z"
-SAMPLES: dict[str, dict[str, Any]] = {
-    "lead.created": {
-        "lead_id": 12345,
-        "website_code": "1cd440df63f796a1f69da652cd0209",
-        "subcategory_id": "1",
-        "created_at": _NOW,
-    },
-    "lead.sold": {
-        "lead_id": 12345,
-        "website_code": "1cd440df63f796a1f69da652cd0209",
-        "subcategory_id": "1",
-        "created_at": _NOW,
-    },
-    "lead.invoiced": {"lead_id": 12345, "invoice_id": 987, "created_at": _NOW},
-    "lead.paid": {"lead_id": 12345, "invoice_id": 987, "created_at": _NOW},
-    "invoice.created": {"invoice_id": 987, "lead_id": 12345, "created_at": _NOW},
-    "invoice.paid": {"invoice_id": 987, "lead_id": 12345, "created_at": _NOW},
-}
-
-
-def sample_body(
-    event_type: str, *, event_id: str | None = None, payload: dict[str, Any] | None = None
-) -> bytes:
-    """The JSON body of a sample event; unknown types get a minimal payload."""
-    chosen = payload if payload is not None else SAMPLES.get(event_type, {"id": 1})
-    envelope = {"id": event_id or f"evt_{secrets.token_hex(8)}", "type": event_type, "payload": chosen}
-    return json.dumps(envelope).encode()
+from workers.events import SAMPLES, sample_body
 
 
 def _read_data(data: str) -> dict[str, Any]:

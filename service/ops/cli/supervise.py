@@ -3,12 +3,18 @@
 A worker that cannot start (a handler module that does not import, say) exits at once, every
 time. Restarting it every half second would print the same traceback twice a second forever;
 instead the restarts back off (1 s, doubling to 30 s), a failure is printed the first time it
-is seen (its output held back until the worker has been up `STARTUP_S`), and events wait in the
-queue meanwhile.
+is seen (its output held back until the worker has loaded its handlers, or has been up
+`STARTUP_S`), and events wait in the queue meanwhile.
+
+`reload` restarts it at once on the code as it now is (a source file changed): the worker stops as
+on SIGTERM, its running handlers finishing, and a new one starts as soon as it has exited. What the
+new code prints, a failure too, is told once more.
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +26,9 @@ MAX_DELAY_S = 30.0
 # Output of a worker younger than this is held back until it proves to be running, so that a
 # failure seen before can stay silent; older workers' output is passed on as it comes.
 STARTUP_S = 5.0
+# The worker's line once every handler module has imported (workers/registry.py, `load_handlers`):
+# a failure to start comes before it, so its output can be passed on from there.
+_LOADED = re.compile(rb"loaded \d+ handlers from ")
 
 
 def _say(text: str) -> None:
@@ -40,6 +49,7 @@ class WorkerSupervisor:
         self._lock = threading.Lock()
         self._pump: threading.Thread | None = None
         self._last_failure: str | None = None
+        self._reloading = False
 
     def start(self) -> None:
         """Start the worker, its output read by a thread that holds it back or passes it on."""
@@ -55,7 +65,10 @@ class WorkerSupervisor:
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
             with self._lock:
-                if self._live:
+                if not self._live and _LOADED.search(line):
+                    self._held.append(line)
+                    self._flush_held()
+                elif self._live:
                     sys.stderr.buffer.write(line)
                     sys.stderr.flush()
                 else:
@@ -63,9 +76,21 @@ class WorkerSupervisor:
 
     def _go_live(self) -> None:
         with self._lock:
-            sys.stderr.buffer.write(b"".join(self._held))
-            sys.stderr.flush()
-            self._held, self._live = [], True
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        sys.stderr.buffer.write(b"".join(self._held))
+        sys.stderr.flush()
+        self._held, self._live = [], True
+
+    def reload(self, why: str) -> None:
+        """Restart the worker now on the current code: stop it (SIGTERM) and start one when it has exited."""
+        if self._reloading:
+            return  # already stopping: the next worker imports the code as it is then, this change too
+        _say(f"{why}: restarting the worker")
+        self._reloading = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
 
     def check(self) -> None:
         """Call often: pass on the output of a worker that started, and restart one that exited, when due."""
@@ -75,7 +100,18 @@ class WorkerSupervisor:
             if not self._live and now - self._started > STARTUP_S:
                 self._go_live()
             return
-        if self._restart_at is None:
+        if self._reloading:
+            self._reloading = False
+            if self._restart_at is None and self.process.returncode in (0, -signal.SIGTERM):
+                if self._pump is not None:  # stopped by `reload`: what it said is news
+                    self._pump.join(timeout=5)
+                with self._lock:
+                    self._flush_held()
+            elif self._restart_at is None:
+                self._exited(now)  # it failed before the reload stopped it: told as any failure, once
+            self._last_failure, self.delay_s = None, FIRST_DELAY_S  # the new code's failure is news
+            self.start()
+        elif self._restart_at is None:
             self._exited(now)
         elif now >= self._restart_at:
             self.start()
