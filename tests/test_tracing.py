@@ -24,14 +24,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from redis import Redis
 
+from service.api import ingest
 from service.api.envelope import parse_envelope
+from service.api.state import Runtime, open_runtime
 from service.ops.admin import create_admin_app
 from service.settings import SettingsError, load_settings
 from service.store.history import show_event
 from service.store.ledger import Ledger, event_key
 from service.tracing import wanted
-from tests.conftest import envelope, make_settings
+from tests.conftest import envelope, make_settings, signed_headers
 from tests.processes import ROOT
+from tests.redis_server import free_port
 from workers import Context, Event, on
 from workers.registry import handlers_for
 from workers.runtime.job import process_event
@@ -265,3 +268,59 @@ async def test_begin_hands_the_stored_traceparent_to_the_worker(worker_ctx: dict
         assert not isinstance(claimed, str | None)
         assert claimed.traceparent == traceparent
         assert list(claimed.handlers) == ["h.one"]
+
+
+async def test_the_webhook_span_says_what_became_of_each_request(
+    redis_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """Accepted: 202 and the event's id; refused: 401 and why, not an error; Redis down: 503, an error."""
+    provider, exporter = spans
+    tracer = provider.get_tracer("test")
+    body = envelope("evt_span", "lead.sold")
+
+    async def post(runtime: Runtime, headers: dict[str, str]) -> int:
+        scope = {
+            "type": "http",
+            "scheme": "http",
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await ingest.receive_webhook(runtime, scope, receive, send, tracer=tracer)
+        return int(sent[0]["status"])
+
+    async with open_runtime(make_settings(redis_url)) as runtime:
+        assert await post(runtime, signed_headers(body)) == 202
+        assert await post(runtime, signed_headers(body, secret="whsec_another_secret_0123456")) == 401
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    async with open_runtime(make_settings(down, OA_REDIS_TIMEOUT_S=0.5)) as runtime:
+        assert await post(runtime, signed_headers(body)) == 503
+
+    accepted, refused, unavailable = exporter.get_finished_spans()
+    for span in (accepted, refused, unavailable):
+        assert (span.name, span.kind) == ("POST /webhooks/offerte-adviseur", SpanKind.SERVER)
+        assert span.attributes is not None
+    assert accepted.attributes is not None
+    assert refused.attributes is not None
+    assert unavailable.attributes is not None
+    assert accepted.attributes["messaging.message.id"] == "evt_span"
+    assert accepted.attributes["messaging.destination.name"] == "lead.sold"
+    assert (accepted.attributes["http.response.status_code"], accepted.attributes["oa.outcome"]) == (
+        202,
+        "accepted",
+    )
+    assert accepted.status.status_code is StatusCode.UNSET
+    assert (refused.attributes["http.response.status_code"], refused.attributes["oa.outcome"]) == (
+        401,
+        "signature_mismatch",
+    )
+    assert "messaging.message.id" not in refused.attributes  # refused before the body was read as an event
+    assert refused.status.status_code is StatusCode.UNSET  # a client's mistake is not the server's error
+    assert unavailable.attributes["oa.outcome"] == "redis_unavailable"
+    assert (unavailable.attributes["error.type"], unavailable.status.status_code) == ("503", StatusCode.ERROR)

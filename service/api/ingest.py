@@ -29,10 +29,10 @@ from service.api.envelope import Envelope, MalformedBody, parse_envelope
 from service.api.signature import SIGNATURE_HEADER, SignatureFailure, Verified, verify
 from service.ops.metrics import REQUESTS, SIGNATURE_FAILURES
 from service.store.ledger import Accepted, Outcome
-from service.tracing import note_answer, note_event, webhook_span
+from service.tracing import WebhookSpan
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Tracer
     from starlette.types import Receive, Scope, Send
 
     from service.api.state import Runtime
@@ -206,29 +206,29 @@ async def receive_webhook(
     if tracer is None:
         await send_reply(send, await _steps(runtime, scope, receive, None))
         return
-    span = webhook_span(tracer, scope, PATH)
+    traced = WebhookSpan(tracer, scope, PATH)
     # Current while the steps run, so that their log lines carry its ids; it ends after the answer (a
     # bug's exception is recorded on it before `app._webhook` answers 500).
-    with trace.use_span(span, end_on_exit=True):
-        reply = await _steps(runtime, scope, receive, span)
+    with trace.use_span(traced.span, end_on_exit=True):
+        reply = await _steps(runtime, scope, receive, traced)
         await send_reply(send, reply)
-        note_answer(span, status=reply.status)
+        traced.answered(reply.status)
 
 
-async def _steps(runtime: Runtime, scope: Scope, receive: Receive, span: Span | None) -> Reply:
-    """The five steps, noting on `span` (tracing on) the event and what became of it."""
+async def _steps(runtime: Runtime, scope: Scope, receive: Receive, traced: WebhookSpan | None) -> Reply:
+    """The five steps, noting for the span (tracing on) the event and what became of it."""
     settings = runtime.settings
     try:
         body = await read_capped_body(scope, receive, max_bytes=settings.max_body_bytes)
         verified = verify_signature(scope, body, secrets=settings.secrets)
         envelope = parse_body(body)
-        traceparent = "" if span is None else note_event(span, envelope.id, envelope.type)
+        traceparent = "" if traced is None else traced.event(envelope.id, envelope.type)
         accepted = await record(runtime, envelope, body, verified, traceparent=traceparent)
     except Rejected as exc:
         log.info("request rejected", extra={"status": exc.status, "reason": exc.code})
-        if span is not None:
-            span.set_attribute("oa.outcome", exc.code)
+        if traced is not None:
+            traced.outcome(exc.code)
         return Reply(exc.status, error_body(exc.code, exc.detail), exc.headers)
-    if span is not None:
-        span.set_attribute("oa.outcome", accepted.outcome.value)
+    if traced is not None:
+        traced.outcome(accepted.outcome.value)
     return respond(envelope, accepted)
