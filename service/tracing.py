@@ -161,9 +161,13 @@ TraceUrlTemplate = Annotated[str, AfterValidator(checked_trace_url_template)]
 
 
 def current_ids() -> tuple[str, str] | None:
-    """The trace id and span id of the current span, as hex; None outside a span (or tracing off)."""
+    """The trace id and span id of the current span, as hex, if it is sampled (a trace backends will have).
+
+    None outside a span, with tracing off, or for a span the sampler dropped: a link to it would find
+    nothing. (Log lines carry the ids of any span, sampled or not: they still tie the lines together.)
+    """
     context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
+    if not context.is_valid or not context.trace_flags.sampled:
         return None
     return format_trace_id(context.trace_id), format_span_id(context.span_id)
 

@@ -324,3 +324,26 @@ async def test_the_webhook_span_says_what_became_of_each_request(
     assert refused.status.status_code is StatusCode.UNSET  # a client's mistake is not the server's error
     assert unavailable.attributes["oa.outcome"] == "redis_unavailable"
     assert (unavailable.attributes["error.type"], unavailable.status.status_code) == ("503", StatusCode.ERROR)
+
+
+@pytest.mark.usefixtures("clean_registry")
+async def test_a_run_the_sampler_dropped_exports_nothing_and_keeps_no_trace_id(
+    worker_ctx: dict[str, Any], redis_sync: Redis, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """A stored context that is not sampled (flags 00): the run follows it, no span, no id to link to."""
+    provider, exporter = spans
+    ctx = {**worker_ctx, "oa": replace(worker_ctx["oa"], tracer=provider.get_tracer("test"))}
+
+    @on("lead.created")
+    async def noop(event: Event, ctx: Context) -> None: ...
+
+    body = envelope("evt_unsampled", "lead.created")
+    ledger = Ledger(ctx["redis"], queue_expiry_ms=10_000, retention_s=3600)
+    now_ms = time.time_ns() // 1_000_000
+    unsampled = TRACEPARENT.removesuffix("01") + "00"
+    await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=now_ms, traceparent=unsampled)
+    await process_event(ctx, "evt_unsampled", "lead.created")
+    assert exporter.get_finished_spans() == ()
+    name = handlers_for("lead.created")[0].name
+    stored = json.loads(redis_sync.hget(event_key("evt_unsampled"), f"h:{name}") or b"{}")
+    assert [len(run) for run in stored["runs"]] == [3]

@@ -10,7 +10,8 @@ not trace has no `traceparent`: each of its runs is then the root of a trace of 
 `ctx.http` calls made during the run are CLIENT spans under it (the httpx instrumentation). A run that
 raised has status ERROR and the exception recorded, by `record_failure` in the worker's except block.
 Waiting before the run (order, a pause, a breaker, a limit) is on the span as `oa.waited.*`. The
-run's stored entry gets the span's trace id and span id, for `events show` and the console.
+run's stored entry gets the span's trace id and span id, for `events show` and the console, when the
+span is sampled.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def _outcome(result: RunResult) -> str:
 
 def _with_ids(result: RunResult, ids: tuple[str, str]) -> RunResult:
     """`result` with its run's stored entry followed by the span's trace id and span id."""
+    if not result.state.runs:
+        return result
     *kept, last = result.state.runs
     entry = [*last[:4], *[None] * (4 - len(last)), *ids]  # the error (or a null) stays fourth
     return replace(result, state=replace(result.state, runs=[*kept, entry]))
