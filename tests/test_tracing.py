@@ -37,6 +37,7 @@ from tests.processes import ROOT
 from tests.redis_server import free_port
 from workers import Context, Event, on
 from workers.registry import handlers_for
+from workers.runtime.claim import ClaimedJob
 from workers.runtime.job import process_event
 from workers.runtime.journal import Journal
 
@@ -347,3 +348,29 @@ async def test_a_run_the_sampler_dropped_exports_nothing_and_keeps_no_trace_id(
     name = handlers_for("lead.created")[0].name
     stored = json.loads(redis_sync.hget(event_key("evt_unsampled"), f"h:{name}") or b"{}")
     assert [len(run) for run in stored["runs"]] == [3]
+
+
+@pytest.mark.usefixtures("clean_registry")
+async def test_a_run_that_waited_says_for_what_and_how_long_on_its_span(
+    worker_ctx: dict[str, Any], spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """The claim's `waited` (here: a pause lifted 1.5 s ago) becomes oa.waited.reason and oa.waited.ms."""
+    provider, exporter = spans
+    state = replace(worker_ctx["oa"], tracer=provider.get_tracer("test"))
+    ctx = {**worker_ctx, "oa": state}
+
+    @on("lead.created")
+    async def paused_one(event: Event, ctx: Context) -> None: ...
+
+    name = handlers_for("lead.created")[0].name
+    body = envelope("evt_waited", "lead.created")
+    ledger = Ledger(ctx["redis"], queue_expiry_ms=10_000, retention_s=3600)
+    now_ms = time.time_ns() // 1_000_000
+    await ledger.accept(parse_envelope(body), body, secret_index=0, now_ms=now_ms, traceparent=TRACEPARENT)
+    # What the claim script hands the job for a handler that runs now after waiting (claim.py).
+    state.claims["evt_waited"] = ClaimedJob("evt_waited", now_ms, waited={name: ("paused", now_ms - 1500)})
+    await process_event(ctx, "evt_waited", "lead.created")
+    [span] = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["oa.waited.reason"] == "paused"
+    assert 1500 <= int(str(span.attributes["oa.waited.ms"])) < 60_000
