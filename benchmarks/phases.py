@@ -1,7 +1,7 @@
 """The phases of a run: A/B/C ingest, C's events drained by our worker (D, and G for C), bare arq
 (E), the drain with an ordered handler (O), C2's events drained by a handler with limits that never
-bind (L), and the steady-rate latency run (F, with G for F). Each phase that writes starts on an
-empty Redis.
+bind (L), the steady-rate latency run (F, with G for F), and once, C and D again with tracing on (Ct,
+Dt). Each phase that writes starts on an empty Redis.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from benchmarks.loader import Loader
+    from benchmarks.otlp_sink import OtlpSink
     from benchmarks.plan import Plan
     from benchmarks.stack import Proc
 
@@ -43,6 +44,8 @@ class Bench:
     redis_url: str
     loader: Loader
     servers: dict[str, tuple[Proc, int]]
+    # Ct and Dt export their spans here (benchmarks/otlp_sink.py).
+    sink: OtlpSink | None = None
 
     def url(self, kind: str) -> str:
         """The endpoint of server `kind` (`raw`, `naive`, `ours`)."""
@@ -101,12 +104,12 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
 
 @contextlib.contextmanager
 def running_worker(
-    bench: Bench, name: str, *, bare: bool = False, handlers: str = "benchmarks.handlers"
+    bench: Bench, name: str, *, bare: bool = False, handlers: str = "benchmarks.handlers", **extra: str
 ) -> Iterator[WorkerRun]:
     """Run a worker (ours with a probe handler package, or bare arq) for the block; its notes after it."""
     probe = bench.work / f"{name}.json"
     probe.unlink(missing_ok=True)
-    proc = start_worker(name, bench.redis_url, bench.work, probe, bare=bare, handlers=handlers)
+    proc = start_worker(name, bench.redis_url, bench.work, probe, bare=bare, handlers=handlers, **extra)
     result = WorkerRun()
     try:
         yield result
@@ -125,14 +128,25 @@ def ingest(bench: Bench, kind: str, set_name: str) -> LoadResult:
     return bench.loader.run(bench.url(kind), set_name, duration_s=bench.plan.ingest_s)
 
 
-def ours(bench: Bench, rep: int) -> OursRound:
-    """C: post N events once each through our API; D: one worker drains exactly those; G for C."""
+def tracing_env(bench: Bench) -> dict[str, str]:
+    """The OTEL_* variables of Ct's API and Dt's worker: export every span to the bench's sink."""
+    assert bench.sink is not None
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": bench.sink.endpoint}
+
+
+def ours(bench: Bench, rep: int, *, traced: bool = False) -> OursRound:
+    """C: post N events once each through our API; D: one worker drains exactly those; G for C.
+
+    `traced`: Ct and Dt, the same with tracing on in the API and the worker (a span per request and
+    per handler run, all sampled, exported to the sink).
+    """
     bench.redis.flushall()
     empty = data_memory(bench.redis)
-    load = bench.loader.run(bench.url("ours"), f"c{rep}", progress=bench.stored)
+    server, env = ("ours-traced", tracing_env(bench)) if traced else ("ours", {})
+    load = bench.loader.run(bench.url(server), f"c{rep}", progress=bench.stored)
     stored = bench.stored()
     queued = data_memory(bench.redis)
-    with running_worker(bench, f"worker-d{rep}") as worker:
+    with running_worker(bench, f"worker-d{rep}{'t' if traced else ''}", **env) as worker:
         worker.complete = wait_until(lambda: bench.redis.zcard(PENDING_KEY) == 0, bench.plan.drain_timeout_s)
     acknowledged = set(load.acknowledged) if load.acknowledged is not None else load.accepted
     return OursRound(

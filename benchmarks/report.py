@@ -19,6 +19,20 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class TracedRound:
+    """Ct and Dt, with the same round's C and D; `exported`: (requests, bytes, spans) at the sink."""
+
+    plain: OursRound
+    traced: OursRound
+    exported: tuple[int, int, int]
+
+    @property
+    def spans_made(self) -> int:
+        """One span per accepted request (Ct) and per handler run (Dt)."""
+        return self.traced.load.accepted + self.traced.tally.runs
+
+
+@dataclass
 class Results:
     """Everything one run measured, per repetition."""
 
@@ -31,6 +45,7 @@ class Results:
     limited: list[DrainRound] = field(default_factory=list)
     ours2: list[TwoProcessRound] = field(default_factory=list)
     bare: list[WorkerRun] = field(default_factory=list)
+    traced: list[TracedRound] = field(default_factory=list)
     latency: LatencyRun | None = None
     history: HistoryRun | None = None
     api_rss_mb: float = math.nan
@@ -56,7 +71,13 @@ def summarize(r: Results) -> dict[str, Any]:
     ordered = [x.worker.rate for x in r.ordered]
     limited = [x.worker.rate for x in r.limited]
     bare = [x.rate for x in r.bare]
-    tallies = [x.tally for x in r.ours + r.ordered + r.limited] + ([r.latency.tally] if r.latency else [])
+    tallies = [x.tally for x in r.ours + r.ordered + r.limited + [t.traced for t in r.traced]]
+    tallies += [r.latency.tally] if r.latency else []
+    ct = [_rps(t.traced.load) for t in r.traced]
+    dt = [t.traced.worker.rate for t in r.traced]
+    # Against the same round's C and D: this machine drifts by 10-30% over minutes.
+    ct_c = [_ratio(_rps(t.traced.load), _rps(t.plain.load)) for t in r.traced]
+    dt_d = [_ratio(t.traced.worker.rate, t.plain.worker.rate) for t in r.traced]
     workers_rss = [x.worker.rss_mb for x in r.ours] + ([r.latency.worker.rss_mb] if r.latency else [])
     f_202 = r.latency.from_202_ms if r.latency else []
     f_send = r.latency.from_send_ms if r.latency else []
@@ -69,6 +90,10 @@ def summarize(r: Results) -> dict[str, Any]:
         "worker_ordered_events_per_s": median(ordered),
         "worker_limited_events_per_s": median(limited),
         "worker_bare_arq_per_s": median(bare),
+        "ingest_rps_traced": median(ct),
+        "worker_events_per_s_traced": median(dt),
+        "ratio_Ct_C": median(ct_c),
+        "ratio_Dt_D": median(dt_d),
         "latency_p50_ms": percentile(f_202, 50),
         "latency_p99_ms": percentile(f_202, 99),
         "lost": sum(t.lost for t in tallies),
@@ -107,10 +132,24 @@ def summarize(r: Results) -> dict[str, Any]:
             "C2": median(x.load.p99_ms for x in r.ours2),
         },
         "stored_2proc": [x.stored for x in r.ours2],
+        "traced": [
+            {
+                "C": _rps(t.plain.load),
+                "D": t.plain.worker.rate,
+                "Ct": _rps(t.traced.load),
+                "Dt": t.traced.worker.rate,
+                "export_requests": t.exported[0],
+                "export_bytes": t.exported[1],
+                "spans_exported": t.exported[2],
+                "spans_made": t.spans_made,
+            }
+            for t in r.traced
+        ],
         "zero_loss": {
             "C": [vars(x.tally) for x in r.ours],
             "O": [vars(x.tally) for x in r.ordered],
             "L": [vars(x.tally) for x in r.limited],
+            "Ct": [vars(t.traced.tally) for t in r.traced],
             "F": vars(r.latency.tally) if r.latency else None,
         },
         "latency_offered": {
@@ -146,6 +185,8 @@ TARGETS = [
     Target("D >= 0.8 x E", lambda s: s["ratio_D_E"] >= 0.8),
     Target("O >= 0.8 x D (issue 15)", lambda s: s["ratio_O_D"] >= 0.8),
     Target("L >= 0.8 x D (issue 20)", lambda s: s["ratio_L_D"] >= 0.8),
+    Target("Ct >= 0.75 x C, tracing on (issue 22)", lambda s: s["ratio_Ct_C"] >= 0.75),
+    Target("Dt >= 0.75 x D, tracing on (issue 22)", lambda s: s["ratio_Dt_D"] >= 0.75),
     Target("latency p50 <= 50 ms", lambda s: s["latency_p50_ms"] <= 50),
     Target("latency p99 <= 250 ms", lambda s: s["latency_p99_ms"] <= 250),
     Target("zero lost, zero run twice", lambda s: s["lost"] == 0 and s["duplicated"] == 0),
@@ -164,6 +205,15 @@ def _n(value: float, digits: int = 0) -> str:
 
 def _reps(values: list[float]) -> str:
     return "[" + ", ".join(_n(v) for v in values) + "]"
+
+
+def _traced(d: dict[str, Any], plain: str) -> str:
+    """The untraced figure of the round Ct and Dt ran in, for the repetitions column."""
+    return "".join(f"[{plain}: {_n(t[plain])}]" for t in d["traced"])
+
+
+def _spans(d: dict[str, Any]) -> str:
+    return ", ".join(f"{t['spans_exported']:,} / {t['spans_made']:,}" for t in d["traced"]) or "n/a"
 
 
 def table(s: dict[str, Any]) -> str:
@@ -190,12 +240,21 @@ def table(s: dict[str, Any]) -> str:
             _reps(reps["L"]),
         ),
         ("   L / D", _n(s["ratio_L_D"], 2), ""),
+        ("Ct C again, tracing on (one round)", f"{_n(s['ingest_rps_traced'])} req/s", _traced(d, "C")),
+        ("   Ct / C of that round", _n(s["ratio_Ct_C"], 2), ""),
+        (
+            "Dt D again, tracing on (one round)",
+            f"{_n(s['worker_events_per_s_traced'])} ev/s",
+            _traced(d, "D"),
+        ),
+        ("   Dt / D of that round", _n(s["ratio_Dt_D"], 2), ""),
+        ("   spans at the sink / made (Ct, Dt)", _spans(d), ""),
         ("E  bare arq, tuned, no-op", f"{_n(s['worker_bare_arq_per_s'])} ev/s", _reps(reps["E"])),
         ("   D / E", _n(s["ratio_D_E"], 2), ""),
         ("F  202 -> handler start, p50", f"{_n(s['latency_p50_ms'], 1)} ms", ""),
         ("F  202 -> handler start, p99", f"{_n(s['latency_p99_ms'], 1)} ms", ""),
         ("G  C: 202s / handler runs", f"{c_ack:,} / {c_runs:,}", ""),
-        ("G  lost / run twice (C, O, L and F)", f"{s['lost']} / {s['duplicated']}", ""),
+        ("G  lost / run twice (C, O, L, Ct and F)", f"{s['lost']} / {s['duplicated']}", ""),
         ("   API RSS after the run", f"{_n(s['api_rss_mb'], 1)} MB", ""),
         ("   worker RSS after the run (max)", f"{_n(s['worker_rss_mb'], 1)} MB", ""),
         ("   Redis per retained event", f"{_n(s['redis_bytes_per_event'])} B", ""),
@@ -222,7 +281,7 @@ def table(s: dict[str, Any]) -> str:
         "-" * (width + 50),
     ]
     lines += [f"{label:<{width}}{value:>16}   {rep}".rstrip() for label, value, rep in rows]
-    lines += ["", "targets (issues 6 and 13; O: issue 15; L: issue 20):"]
+    lines += ["", "targets (issues 6 and 13; O: issue 15; L: issue 20; Ct, Dt: issue 22):"]
     lines += [f"  {'PASS' if t.passes(s) else 'FAIL'}  {t.label}" for t in TARGETS]
     lines += [f"note: {note}" for note in d["notes"]]
     lines.append(f"load generator: {d['load_generator']}; wall time {d['wall_time_s']:.0f} s ({d['mode']})")

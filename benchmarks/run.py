@@ -1,8 +1,9 @@
 """`make bench` (issue 6): ingest and worker throughput, latency, zero loss and memory, in one run.
 
 Starts its own durable redis-server, the three servers (A raw ASGI, B naive, C ours) and, per
-phase, one worker. Rounds of A, B, C, D, E (interleaved, `reps` times), then F, then H (the event
-history over `history_events` retained events, benchmarks/history.py). Prints a table
+phase, one worker. Rounds of A, B, C, D, E (interleaved, `reps` times), in the middle round C and D
+again with tracing on (Ct, Dt: exporting to a sink that discards, benchmarks/otlp_sink.py), then F,
+then H (the event history over `history_events` retained events, benchmarks/history.py). Prints a table
 with PASS/FAIL per target and writes bench-results.json. Exits 0 whatever the speed, 1 if an
 event was lost or run twice.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from benchmarks import history, phases, report
 from benchmarks.bodies import lead_stories, signed
 from benchmarks.loader import Loader
+from benchmarks.otlp_sink import OtlpSink
 from benchmarks.plan import FULL, SMOKE, Plan
 from benchmarks.stack import ROOT, Proc, start_redis, start_server
 from benchmarks.wrk_load import find_wrk
@@ -73,6 +75,8 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
         _say(
             f"  D {rep + 1}/{plan.reps}: {ours.worker.rate:,.0f} events/s ({_since(phase_started)}, C and D)"
         )
+        if rep == plan.reps // 2:
+            _traced(bench, results, ours, rep)
         results.ours2.append(phases.ours_2proc(bench, rep))
         two = results.ours2[-1]
         _say(
@@ -109,6 +113,24 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
             return
 
 
+def _traced(bench: phases.Bench, results: report.Results, plain: phases.OursRound, rep: int) -> None:
+    """Ct and Dt: this round's C and D again, with tracing on; and what reached the sink."""
+    assert bench.sink is not None
+    bench.sink.take()  # nothing is traced before; start the count from here
+    phase_started = time.monotonic()
+    traced = phases.ours(bench, rep, traced=True)
+    made = traced.load.accepted + traced.tally.runs
+    # The worker exported its last spans as it stopped; the API exports its last batch within
+    # OTEL_BSP_SCHEDULE_DELAY (5 s by default) of the load's end.
+    phases.wait_until(lambda: bench.sink is not None and bench.sink.spans() >= made, 10, interval_s=0.5)
+    results.traced.append(report.TracedRound(plain=plain, traced=traced, exported=bench.sink.take()))
+    _say(f"  Ct: {traced.load.rps:,.0f} req/s, tracing on (C: {plain.load.rps:,.0f})")
+    took = _since(phase_started)
+    _say(
+        f"  Dt: {traced.worker.rate:,.0f} events/s, tracing on (D: {plain.worker.rate:,.0f}; {took} for both)"
+    )
+
+
 def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Results:
     """Start everything, run the rounds and F, stop everything; the per-repetition results."""
     started = time.monotonic()
@@ -126,12 +148,16 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
     loader.prepare(history.SET_NAME, signed(history.SET_NAME, plan.history_events))
     redis = start_redis(work / "redis")
     servers: dict[str, tuple[Proc, int]] = {}
+    sink = OtlpSink()
     try:
         for kind in ("raw", "naive", "ours", "ours2"):
             servers[kind] = start_server(kind, redis.url, work)
+        servers["ours-traced"] = start_server(
+            "ours-traced", redis.url, work, OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint
+        )
         with redis.client() as client:
-            bench = phases.Bench(plan, work, client, redis.url, loader, servers)
-            rounds = "A, B, C, D, C2, L, O, E"
+            bench = phases.Bench(plan, work, client, redis.url, loader, servers, sink)
+            rounds = "A, B, C, D, C2, L, O, E (Ct and Dt once)"
             _say(f"bench: {plan.reps} rounds of {rounds}; then F ({loader.name}, redis {redis.url})")
             _rounds(bench, results, started)
             _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")
@@ -142,6 +168,7 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
     finally:
         for proc, _port in servers.values():
             proc.stop()
+        sink.stop()
         redis.stop()
         loader.discard()
         shutil.rmtree(work / "redis" / "appendonlydir", ignore_errors=True)

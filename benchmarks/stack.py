@@ -122,14 +122,14 @@ def wait_for_port(port: int, proc: Proc, timeout_s: float = 20) -> None:
 
 
 # What each app answers to `GET /healthz`: proof that the intended app serves the port.
-_HEALTHZ_STATUS = {"raw": 202, "naive": 404, "ours": 200, "ours2": 200}
+_HEALTHZ_STATUS = {"raw": 202, "naive": 404, "ours": 200, "ours2": 200, "ours-traced": 200}
 
 
-def start_server(kind: str, redis_url: str, work: Path) -> tuple[Proc, int]:
+def start_server(kind: str, redis_url: str, work: Path, **extra: str) -> tuple[Proc, int]:
     """A: `raw`, B: `naive` (both via benchmarks/serve.py), C: `ours` (the compose `api` command), and
-    C2: `ours2`, the same with OA_API_PROCESSES=2."""
+    C2: `ours2`, the same with OA_API_PROCESSES=2; Ct: `ours-traced`, with `extra`'s OTEL_* variables."""
     port = free_port()
-    extra = {"OA_API_PROCESSES": "2"} if kind == "ours2" else {}
+    extra = {"OA_API_PROCESSES": "2"} if kind == "ours2" else extra
     env = service_env(redis_url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()), **extra)
     ours = kind.startswith("ours")
     argv = compose_command("api") if ours else [sys.executable, "-m", "benchmarks.serve", kind]
@@ -150,9 +150,13 @@ def start_worker(
     *,
     bare: bool = False,
     handlers: str = "benchmarks.handlers",
+    **extra: str,
 ) -> Proc:
-    """D: the compose `worker` command with a probe handler package (O: the ordered one); E: bare arq."""
-    env = service_env(redis_url, OA_HANDLERS_PACKAGE=handlers, BENCH_PROBE_FILE=str(probe_file))
+    """D: the compose `worker` command with a probe handler package (O: the ordered one); E: bare arq.
+
+    `extra`: more environment (Dt: the OTEL_* variables that turn tracing on).
+    """
+    env = service_env(redis_url, OA_HANDLERS_PACKAGE=handlers, BENCH_PROBE_FILE=str(probe_file), **extra)
     argv = [sys.executable, "-m", "benchmarks.bare_arq"] if bare else compose_command("worker")
     return Proc(name, argv, env, work).start()
 

@@ -1,7 +1,8 @@
 """One log line per outcome: JSON when not on a TTY, readable when on one.
 
 Callers pass structured fields with `extra={...}`; only the fields in `FIELDS` are printed,
-so a stray attribute can never put a payload into a log line.
+so a stray attribute can never put a payload into a log line. With tracing on, a line written inside
+a span carries its `trace_id` and `span_id` (set on the record by service/tracing.py).
 
 The API logs every accepted event, so a line must be cheap: orjson, and no caller, thread or
 process lookups that no line prints (41 -> 18 us per line, measured).
@@ -38,6 +39,8 @@ FIELDS = (
     "secret_index",
     "detail",
     "fields",
+    "trace_id",
+    "span_id",
 )
 
 

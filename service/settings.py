@@ -16,6 +16,8 @@ from typing import Annotated, Literal, NamedTuple, TypeVar
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.tracing import TraceUrlTemplate  # noqa: TC001 - pydantic reads it at run time
+
 MIN_SECRET_BYTES = 16
 PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "your-secret-here"})
 
@@ -101,6 +103,7 @@ class Settings(BaseSettings):
     # Both
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+    trace_url_template: TraceUrlTemplate = ""
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

@@ -1,10 +1,10 @@
 """A CRM on loopback for end-to-end tests: a real HTTP server that records every call and can misbehave.
 
 It runs in a thread of the test process; the handlers, in real worker processes, call it over HTTP.
-Each call is recorded with its path, event id, start and end time and how many calls were in
-flight when it arrived. `mode` says how it answers: "ok" (200 after `delay_s`), "down" (503, no
-Retry-After), or "limited" (429 with `Retry-After: retry_after`); `script[path]` (modes, one per
-call to that path) goes first while it lasts.
+Each call is recorded with its path, event id, start and end time, how many calls were in
+flight when it arrived, and the `traceparent` it carried. `mode` says how it answers: "ok" (200
+after `delay_s`), "down" (503, no Retry-After), or "limited" (429 with `Retry-After: retry_after`);
+`script[path]` (modes, one per call to that path) goes first while it lasts.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Call:
     in_flight: int
     status: int = 0
     ended: float = 0.0
+    traceparent: str = ""  # the W3C trace context the caller sent, if any (tests/test_tracing_e2e.py)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Crm:
                     flying = crm._in_flight.get(self.path, 0) + 1
                     crm._in_flight[self.path] = flying
                     call = Call(self.path, str(body.get("id", "")), time.monotonic(), flying)
+                    call.traceparent = self.headers.get("traceparent", "")
                     crm.calls.append(call)
                     planned = crm.script.get(self.path)
                     mode = planned.pop(0) if planned else crm.mode

@@ -41,6 +41,10 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
         "worker_ordered_events_per_s",
         "worker_limited_events_per_s",
         "ratio_L_D",
+        "ingest_rps_traced",
+        "worker_events_per_s_traced",
+        "ratio_Ct_C",
+        "ratio_Dt_D",
         "worker_bare_arq_per_s",
         "ratio_D_E",
         "latency_p50_ms",
@@ -56,5 +60,8 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
     assert results["lost"] == 0
     assert results["duplicated"] == 0
     zero_loss = results["details"]["zero_loss"]
-    for tally in [*zero_loss["C"], *zero_loss["O"], *zero_loss["L"], zero_loss["F"]]:
+    for tally in [*zero_loss["C"], *zero_loss["O"], *zero_loss["L"], *zero_loss["Ct"], zero_loss["F"]]:
         assert tally["acknowledged"] == tally["stored"] == tally["runs"] == tally["distinct_run"] > 0
+    # Ct and Dt traced: a span per accepted request and per handler run reached the sink.
+    [traced] = results["details"]["traced"]
+    assert traced["spans_exported"] == traced["spans_made"] > 0

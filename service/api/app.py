@@ -12,14 +12,15 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from service import logs
+from service import logs, tracing
 from service.api import ingest
 from service.api.state import attach_runtime
 from service.ops import monitoring
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine
+    from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 
+    from opentelemetry.trace import Tracer
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.types import Receive, Scope, Send
@@ -46,6 +47,9 @@ async def _internal_error(_request: Request, _exc: Exception) -> Response:
 class ReceiverApp(FastAPI):
     """FastAPI, with `POST /webhooks/offerte-adviseur` served before its middleware and routing."""
 
+    # Set by the lifespan while tracing is on (service/tracing.py): the webhook's spans come from it.
+    tracer: Tracer | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The webhook goes straight to `ingest.receive_webhook`; everything else through FastAPI."""
         if scope["type"] == "http" and scope["path"] == ingest.PATH and scope["method"] == "POST":
@@ -54,10 +58,10 @@ class ReceiverApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
-async def _webhook(app: FastAPI, scope: Scope, receive: Receive, send: Send) -> None:
+async def _webhook(app: ReceiverApp, scope: Scope, receive: Receive, send: Send) -> None:
     # Without FastAPI's error middleware around it, a bug must still end in our JSON 500.
     try:
-        await ingest.receive_webhook(app.state.runtime, scope, receive, send)
+        await ingest.receive_webhook(app.state.runtime, scope, receive, send, tracer=app.tracer)
     except Exception:
         log.exception("unexpected error in the webhook endpoint")
         reply = ingest.Reply(500, ingest.error_body("internal_error", "the request could not be processed"))
@@ -77,15 +81,36 @@ EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Corouti
     Exception: _internal_error,
 }
 
+
+def _probe(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in _PROBES
+
+
+# Health checks and Prometheus scrapes, every few seconds: no span for them (see PLAIN_APP).
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 # Both apps: JSON errors, no /docs, /redoc or /openapi.json, and no redirect from a trailing slash;
-# exactly the routes each one lists.
+# exactly the routes each one lists. Once tracing sets its provider (service/tracing.py), FastAPI's own
+# telemetry gives the requests it serves (the console's pages) spans; the webhook is ours, ahead of it.
 PLAIN_APP: dict[str, Any] = {
     "exception_handlers": EXCEPTION_HANDLERS,
     "docs_url": None,
     "redoc_url": None,
     "openapi_url": None,
     "redirect_slashes": False,
+    "telemetry": {"exclude": _probe},
 }
+
+
+@asynccontextmanager
+async def _traced(app: ReceiverApp) -> AsyncIterator[None]:
+    """Tracing for this process while the app runs, if the OTEL_* variables ask for it."""
+    async with tracing.running(tracing.API_SERVICE) as traces:
+        app.tracer = traces.tracer if traces else None
+        try:
+            yield
+        finally:
+            app.tracer = None
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -97,7 +122,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with attach_runtime(app, settings=settings, runtime=runtime) as current:
+        assert isinstance(app, ReceiverApp)
+        async with attach_runtime(app, settings=settings, runtime=runtime) as current, _traced(app):
             for index in current.settings.short_secret_indexes:
                 log.warning(
                     "OA_WEBHOOK_SECRET entry %d is shorter than 16 bytes; use a longer random secret",

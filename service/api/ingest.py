@@ -9,7 +9,8 @@
 The endpoint is a plain ASGI function, called by `service.app.ReceiverApp` ahead of FastAPI's
 middleware and routing: that stack cost more per request than all five steps together (see
 docs/performance.md). The HTTP server bounds how long the head and the body may take
-(service/api/server.py).
+(service/api/server.py). With tracing on (service/tracing.py), the steps run in one SERVER span, whose
+`traceparent` `record` stores with the event; off, they run exactly as without it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from opentelemetry import trace
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
@@ -27,8 +29,10 @@ from service.api.envelope import Envelope, MalformedBody, parse_envelope
 from service.api.signature import SIGNATURE_HEADER, SignatureFailure, Verified, verify
 from service.ops.metrics import REQUESTS, SIGNATURE_FAILURES
 from service.store.ledger import Accepted, Outcome
+from service.tracing import WebhookSpan
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
     from starlette.types import Receive, Scope, Send
 
     from service.api.state import Runtime
@@ -106,11 +110,20 @@ def parse_body(body: bytes) -> Envelope:
         raise Rejected(exc.status, exc.code, exc.detail) from None
 
 
-async def record(runtime: Runtime, envelope: Envelope, body: bytes, verified: Verified) -> Accepted:
-    """Dedup, ledger entry and job in one atomic step, bounded by `OA_REDIS_TIMEOUT_S`."""
+async def record(
+    runtime: Runtime, envelope: Envelope, body: bytes, verified: Verified, *, traceparent: str = ""
+) -> Accepted:
+    """Dedup, ledger entry and job in one atomic step, bounded by `OA_REDIS_TIMEOUT_S`.
+
+    `traceparent` (tracing on) is the webhook span's, kept with the event for the worker's spans.
+    """
     try:
         return await runtime.ledger.accept(
-            envelope, body, secret_index=verified.secret_index, now_ms=time.time_ns() // 1_000_000
+            envelope,
+            body,
+            secret_index=verified.secret_index,
+            now_ms=time.time_ns() // 1_000_000,
+            traceparent=traceparent,
         )
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning(
@@ -186,17 +199,36 @@ async def send_reply(send: Send, reply: Reply) -> None:
     counter.inc()
 
 
-async def receive_webhook(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
-    """The endpoint: run the steps in order and turn a refusal into its JSON error."""
+async def receive_webhook(
+    runtime: Runtime, scope: Scope, receive: Receive, send: Send, *, tracer: Tracer | None = None
+) -> None:
+    """The endpoint: run the steps in order and turn a refusal into its JSON error; traced with `tracer`."""
+    if tracer is None:
+        await send_reply(send, await _steps(runtime, scope, receive, None))
+        return
+    traced = WebhookSpan(tracer, scope, PATH)
+    # Current while the steps run, so that their log lines carry its ids; it ends after the answer (a
+    # bug's exception is recorded on it before `app._webhook` answers 500).
+    with trace.use_span(traced.span, end_on_exit=True):
+        reply = await _steps(runtime, scope, receive, traced)
+        await send_reply(send, reply)
+        traced.answered(reply.status)
+
+
+async def _steps(runtime: Runtime, scope: Scope, receive: Receive, traced: WebhookSpan | None) -> Reply:
+    """The five steps, noting for the span (tracing on) the event and what became of it."""
     settings = runtime.settings
     try:
         body = await read_capped_body(scope, receive, max_bytes=settings.max_body_bytes)
         verified = verify_signature(scope, body, secrets=settings.secrets)
         envelope = parse_body(body)
-        accepted = await record(runtime, envelope, body, verified)
+        traceparent = "" if traced is None else traced.event(envelope.id, envelope.type)
+        accepted = await record(runtime, envelope, body, verified, traceparent=traceparent)
     except Rejected as exc:
         log.info("request rejected", extra={"status": exc.status, "reason": exc.code})
-        reply = Reply(exc.status, error_body(exc.code, exc.detail), exc.headers)
-    else:
-        reply = respond(envelope, accepted)
-    await send_reply(send, reply)
+        if traced is not None:
+            traced.outcome(exc.code)
+        return Reply(exc.status, error_body(exc.code, exc.detail), exc.headers)
+    if traced is not None:
+        traced.outcome(accepted.outcome.value)
+    return respond(envelope, accepted)

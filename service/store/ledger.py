@@ -5,7 +5,8 @@ Keys (all prefixed `oa:`):
 - `oa:event:<id>`: hash with `body`, `sha256`, `type`, `received_ms`, `secret` (index of the
   matching secret), `state` (`queued` -> `processing` -> `done` | `dead`, `retrying` between tries;
   a `done` event that no handler matched also has `unhandled`) and one `h:<handler>` JSON field
-  per handler. `done` entries expire after the retention; `dead` ones stay.
+  per handler; `traceparent`, the webhook span's, while tracing is on (service/tracing.py). `done`
+  entries expire after the retention; `dead` ones stay.
 - `oa:pending`: sorted set of ids not yet `done` or `dead` (score: receive time, ms).
 - `oa:dead`: sorted set of dead-lettered ids (score: when they died, ms).
 - `oa:stats` and `oa:stats:m:<minute>`: counters for `status` and `/metrics`.
@@ -150,8 +151,13 @@ class Ledger:
             redis, load_script("service.store", "requeue-if-lost-5"), timeout_s=timeout_s
         )
 
-    async def accept(self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int) -> Accepted:
-        """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict."""
+    async def accept(
+        self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int, traceparent: str = ""
+    ) -> Accepted:
+        """Record and enqueue a new event in one round trip, or say it is a duplicate or a conflict.
+
+        A `traceparent` is stored with a new event, for the worker's spans; '' stores nothing.
+        """
         sha256 = hashlib.sha256(body).hexdigest()
         job = queue.encode_job(envelope.id, envelope.type, enqueue_ms=now_ms)
         lead_id, invoice_id = payload_ids(envelope)
@@ -182,6 +188,7 @@ class Ledger:
                 lead_id,
                 invoice_id,
                 self.retention_s,
+                traceparent,
             ],
         )
         return Accepted(Outcome(reply[0].decode()), sha256, reply[1].decode())

@@ -32,12 +32,17 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One run of one handler: when it started, how long it took, and its error if it failed."""
+    """One run of one handler: when it started, how long it took, its error if it failed, and its span.
+
+    `trace_id` and `span_id` (hex) name the run's span when the worker traced it (docs/tracing.md).
+    """
 
     number: int
     started_ms: int
     duration_ms: float
     error: ErrorInfo | None
+    trace_id: str | None = None
+    span_id: str | None = None
 
     @property
     def started_at(self) -> str:
@@ -150,6 +155,8 @@ def _handler_json(h: HandlerRecord) -> dict[str, Any]:
                 "started_at": a.started_at,
                 "duration_ms": a.duration_ms,
                 "error": _error_json(a.error),
+                "trace_id": a.trace_id,
+                "span_id": a.span_id,
             }
             for a in h.runs
         ],
@@ -176,13 +183,16 @@ def _replays_of(entry: dict[str, str]) -> tuple[Replay, ...]:
 def _attempts(state: dict[str, Any]) -> tuple[Attempt, ...]:
     stored = state.get("runs")
     runs: list[list[Any]] = stored if isinstance(stored, list) else []
-    # Each run is [start ms, duration ms, attempt number] and, when it failed, the error.
+    # Each run is [start ms, duration ms, attempt number] and, when it failed, the error; a traced run
+    # then has its trace id and span id (after a null when it did not fail).
     return tuple(
         Attempt(
             number=int(run[2]),
             started_ms=int(run[0]),
             duration_ms=float(run[1]),
             error=ErrorInfo.of(run[3] if len(run) > 3 else None),  # the error is the fourth item
+            trace_id=str(run[4]) if len(run) > 5 else None,
+            span_id=str(run[5]) if len(run) > 5 else None,
         )
         for run in runs
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +23,15 @@ from service.api.envelope import MalformedBody, parse_envelope
 from workers.context import Context, PermanentError, bind_logger
 from workers.events import Event, build_event
 from workers.registry import Handler, handlers_for
-from workers.runtime.journal import EventOutcome, HandlerState, HandlerStatus, Journal
+from workers.runtime.journal import EventOutcome, HandlerState, HandlerStatus, Journal, describe_error
 from workers.runtime.order import note_unordered
 from workers.runtime.protect import WAIT_RECHECK_MS, log_breaker_changes
 from workers.runtime.retry import Verdict, decide
+from workers.runtime.spans import RunTrace, record_failure, traced_run
 
 if TYPE_CHECKING:
     import httpx
+    from opentelemetry.trace import Tracer
     from redis.asyncio import Redis
 
     from service.settings import Settings
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from workers.runtime.retry import Backoff
 
 log = logging.getLogger("oa.worker")
-_MAX_TRACEBACK_CHARS = 8000
 # Each kept attempt (`events show`) has its traceback's last lines; the dead letter's errors keep 8000.
 _RUN_TRACEBACK_CHARS = 2000
 
@@ -54,6 +54,7 @@ class WorkerState:
     journal: Journal
     # Claimed job id -> what the claim decided for its handlers (set by the claim, taken by the job).
     claims: dict[str, ClaimedJob] = field(default_factory=dict)
+    tracer: Tracer | None = None  # while tracing is on: each handler run's span (workers/runtime/spans.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +74,6 @@ class RunResult:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def describe_error(exc: BaseException, *, now_ms: int) -> dict[str, Any]:
-    """What a dead letter keeps of an exception: type, message, traceback, time."""
-    kind = type(exc)
-    return {
-        "type": kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
-        "message": str(exc)[:1000],
-        "traceback": "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK_CHARS:],
-        "at_ms": now_ms,
-    }
 
 
 async def attempt(handler: Handler, event: Event | BaseException, ctx: Context, *, timeout_s: float) -> None:
@@ -164,6 +154,7 @@ async def run_handler(
     try:
         await attempt(handler, event, ctx, timeout_s=state.settings.job_timeout_s)
     except Exception as exc:
+        record_failure(exc)
         took_ms = round((time.perf_counter() - started) * 1000, 3)
         run = [started_ms, took_ms, number]
         return _failed(state, handler, current, exc, run, logger=logger, probe=probe)
@@ -245,17 +236,21 @@ async def process_event(ctx: dict[str, Any], event_id: str, event_type: str) -> 
     event = _parse(claimed.body, handlers, claimed.received_ms)
     if isinstance(event, Event):
         await _note_mismatch(state, event)
-    probes = claim.probes if claim else frozenset()
+    probes, waited = (claim.probes, claim.waited) if claim else (frozenset(), {})
     results = await asyncio.gather(
         *(
-            run_handler(
-                state,
-                handlers[name],
-                claimed.handlers[name],
-                event,
-                event_id=event_id,
-                event_type=event_type,
-                probe=name in probes,
+            traced_run(
+                state.tracer,
+                run_handler(
+                    state,
+                    handlers[name],
+                    claimed.handlers[name],
+                    event,
+                    event_id=event_id,
+                    event_type=event_type,
+                    probe=name in probes,
+                ),
+                RunTrace.of(claimed, event_id, event_type, name, waited.get(name), probe=name in probes),
             )
             for name in claimed.due
         )

@@ -9,6 +9,7 @@ dead letters instead of running forever.
 from __future__ import annotations
 
 import json
+import traceback
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
+_MAX_TRACEBACK_CHARS = 8000
 # Attempts kept per handler for `events show`: a handler retried 16 times keeps its last 10, each
 # error with a shortened traceback (first_error and last_error keep theirs whole).
 RUNS_KEPT = 10
@@ -74,8 +76,9 @@ class HandlerState:
     last_error: dict[str, Any] | None = None
     finished_ms: int | None = None
     # The last RUNS_KEPT attempts, oldest first, across replays: [start ms, duration ms, attempt
-    # number] and, when it failed, {"type", "message", "traceback"}; `attempts` counts every attempt
-    # since the last replay.
+    # number] and, when it failed, {"type", "message", "traceback"}; with tracing on, then the run
+    # span's trace id and span id (after a null for a run that did not fail: workers/runtime/spans.py).
+    # `attempts` counts every attempt since the last replay.
     runs: list[list[Any]] = field(default_factory=list)
     replays: int = 0
 
@@ -105,14 +108,34 @@ class HandlerState:
         return json.dumps(data, separators=(",", ":"))
 
 
+def error_type(exc: BaseException) -> str:
+    """An exception's type as stored and shown: `ValueError`, `httpx.HTTPStatusError`."""
+    kind = type(exc)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def describe_error(exc: BaseException, *, now_ms: int) -> dict[str, Any]:
+    """What a dead letter keeps of an exception: type, message, traceback, time."""
+    return {
+        "type": error_type(exc),
+        "message": str(exc)[:1000],
+        "traceback": "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK_CHARS:],
+        "at_ms": now_ms,
+    }
+
+
 @dataclass(slots=True)
 class Claimed:
-    """An event claimed for a run: its body and its handlers' states; `due` are the ones to run now."""
+    """An event claimed for a run: its body and its handlers' states; `due` are the ones to run now.
+
+    `traceparent`: the webhook span's, stored by the API while tracing was on ('' for none).
+    """
 
     body: bytes
     received_ms: int
     handlers: dict[str, HandlerState]
     due: list[str] = field(default_factory=list)
+    traceparent: str = ""
 
 
 class Journal:
@@ -144,8 +167,10 @@ class Journal:
             return None
         if len(reply) == 1:
             return str(reply[0].decode())
-        claimed = Claimed(body=reply[1], received_ms=int(reply[2]), handlers={})
-        for name, raw in zip(handler_names, reply[3:], strict=True):
+        claimed = Claimed(
+            body=reply[1], received_ms=int(reply[2]), handlers={}, traceparent=reply[3].decode()
+        )
+        for name, raw in zip(handler_names, reply[4:], strict=True):
             if raw[:1] == b"-":
                 continue
             claimed.handlers[name] = HandlerState.from_json(raw[1:])

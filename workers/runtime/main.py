@@ -22,6 +22,7 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service import tracing
 from service.store import queue
 from service.store.stats import WORKERS_KEY, worker_key
 from workers.registry import load_handlers, registered
@@ -33,6 +34,8 @@ from workers.runtime.reconciler import reconcile_forever
 from workers.runtime.retry import Backoff
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from service.settings import Settings
 
 log = logging.getLogger("oa.worker")
@@ -107,19 +110,28 @@ class _Worker(Worker):
             await tx.execute()
 
 
-def handler_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The `ctx.http` that every handler of this worker shares: each connect, read and write bounded."""
-    return httpx.AsyncClient(timeout=settings.handler_http_timeout_s)
+def handler_http_client(settings: Settings, *, traces: tracing.Tracing | None = None) -> httpx.AsyncClient:
+    """The `ctx.http` that every handler of this worker shares: each connect, read and write bounded.
+
+    With `traces`, each call is a CLIENT span of the handler's run and sends its `traceparent`.
+    """
+    client = httpx.AsyncClient(timeout=settings.handler_http_timeout_s)
+    if traces:
+        traces.instrument(client)
+    return client
 
 
-def build_worker(settings: Settings, redis: Any, *, http: httpx.AsyncClient, worker_id: str) -> _Worker:
-    """The arq worker with our job and the settings' tuning."""
+def build_worker(
+    settings: Settings, redis: Any, *, http: httpx.AsyncClient, worker_id: str, tracer: Tracer | None = None
+) -> _Worker:
+    """The arq worker with our job and the settings' tuning; `tracer` while tracing is on."""
     state = WorkerState(
         settings=settings,
         backoff=Backoff.from_settings(settings),
         http=http,
         redis=redis,
         journal=Journal(redis, retention_s=settings.retention_s, queue_expiry_ms=settings.queue_expiry_ms),
+        tracer=tracer,
     )
     worker = _Worker(
         functions=[
@@ -251,7 +263,10 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopper, signum)
     delay_s = 0.5
-    async with handler_http_client(settings) as http:
+    async with (
+        tracing.running(tracing.WORKER_SERVICE) as traces,
+        handler_http_client(settings, traces=traces) as http,
+    ):
         while not stopper.stopping.is_set():
             redis = queue.connect_arq(
                 settings.redis_url.get_secret_value(),
@@ -259,7 +274,9 @@ async def serve(settings: Settings) -> None:
                 sentinel=settings.sentinel,
             )
             previous = stopper.worker
-            stopper.worker = build_worker(settings, redis, http=http, worker_id=worker_id)
+            stopper.worker = build_worker(
+                settings, redis, http=http, worker_id=worker_id, tracer=traces.tracer if traces else None
+            )
             if previous is not None:
                 stopper.worker.carry_counts(previous)
             started = time.monotonic()

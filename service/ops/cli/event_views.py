@@ -10,11 +10,12 @@ from rich.text import Text
 from service.ops.cli.render import Column, print_rows, when
 from service.store.handlers import WAIT_REASONS
 from service.store.history import LEAD_STAGES, EventState, ReplayStatus, iso
+from service.tracing import trace_url
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from service.store.history import EventRecord, EventSummary, ReplayResult
+    from service.store.history import Attempt, EventRecord, EventSummary, ReplayResult
 
 _STYLE = {
     EventState.DONE: "green",
@@ -81,7 +82,19 @@ def _waits(console: Console, rec: EventRecord) -> None:
         console.print(f"[yellow]waiting[/yellow]: {name} {WAIT_REASONS.get(why, why)}, since {iso(since)}")
 
 
-def record(console: Console, rec: EventRecord) -> None:
+def _attempt(console: Console, a: Attempt, trace_url_template: str) -> None:
+    """One attempt: start, duration, outcome; its trace (a link with OA_TRACE_URL_TEMPLATE); its traceback."""
+    outcome = "ok" if a.error is None else f"{a.error.type}: {a.error.message}"
+    console.print(f"  attempt {a.number}  {a.started_at}  {a.duration_ms:.1f} ms  {outcome}", markup=False)
+    if a.trace_id is not None:
+        link = trace_url(trace_url_template, a.trace_id, a.span_id or "") or a.trace_id
+        # Unwrapped: a trace link cut in two would not open.
+        console.print(f"    trace {link}", markup=False, soft_wrap=True)
+    if a.error is not None and a.error.traceback:
+        console.print(_indent(a.error.traceback), markup=False, highlight=False, style="dim")
+
+
+def record(console: Console, rec: EventRecord, *, trace_url_template: str = "") -> None:
     """`events show`: the whole record."""
     s = rec.summary
     secret = "unknown" if rec.secret_index is None else f"#{rec.secret_index + 1} of OA_WEBHOOK_SECRET"
@@ -111,12 +124,7 @@ def record(console: Console, rec: EventRecord) -> None:
         if h.runs and h.runs[0].number > 1:
             console.print(f"  (the last {len(h.runs)} attempts are kept)")
         for a in h.runs:
-            outcome = "ok" if a.error is None else f"{a.error.type}: {a.error.message}"
-            console.print(
-                f"  attempt {a.number}  {a.started_at}  {a.duration_ms:.1f} ms  {outcome}", markup=False
-            )
-            if a.error is not None and a.error.traceback:
-                console.print(_indent(a.error.traceback), markup=False, highlight=False, style="dim")
+            _attempt(console, a, trace_url_template)
         for r in h.replays:
             console.print(f"  replayed {r.at}")
     for r in rec.replays:

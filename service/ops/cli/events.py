@@ -106,7 +106,7 @@ def show(
     event_id: Annotated[str, typer.Argument(help="the event id")],
     as_json: Annotated[bool, typer.Option("--json", help="the record as JSON")] = False,
 ) -> None:
-    """The whole record: body, secret, times, and per handler every attempt, error and replay."""
+    """The whole record: body, secret, times, and per handler every attempt (and trace), error and replay."""
     record = _run(lambda redis, _: show_event(redis, event_id))
     if record is None:
         typer.echo(f"no event {event_id!r} in the ledger (unknown, or expired after the retention)", err=True)
@@ -114,7 +114,7 @@ def show(
     if as_json:
         typer.echo(json.dumps(record.to_json(), indent=2, ensure_ascii=False))
         return
-    event_views.record(Console(), record)
+    event_views.record(Console(), record, trace_url_template=_settings().trace_url_template)
 
 
 def _check_handler(name: str, settings: Settings) -> None:

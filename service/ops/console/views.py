@@ -7,6 +7,7 @@ service/store/history.py) and renders one template; filters and paging live in t
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -36,6 +37,7 @@ from service.store.ledger import event_key
 from service.store.replay import ReplayStatus
 from service.store.stats import read_minutes, read_snapshot
 from service.store.summary import parse_cursor
+from service.tracing import trace_url
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -173,7 +175,7 @@ _FLASH = {
 
 
 async def event(request: Request, event_id: str) -> Response:
-    """One event: its payload, each handler's attempts with errors and tracebacks, and Replay."""
+    """One event: its payload, each handler's attempts with errors, tracebacks and traces, and Replay."""
     record = await show_event(runtime_of(request).redis, event_id)
     if record is None:
         return render(request, "error.html", not_found(event_id), status=404)
@@ -189,6 +191,8 @@ async def event(request: Request, event_id: str) -> Response:
             "refresh_s": None if finished else EVENT_REFRESH_S,
             "now_ms": time.time_ns() // 1_000_000,
             "wait_reasons": WAIT_REASONS,
+            "traced": any(a.trace_id for h in record.handlers for a in h.runs),
+            "trace_url": partial(trace_url, runtime_of(request).settings.trace_url_template),
         },
     )
 

@@ -27,6 +27,7 @@
 -- ARGV[10] lead id, or '' when the payload has none
 -- ARGV[11] invoice id, or ''
 -- ARGV[12] retention, s: an index key lives as long as its newest event is remembered
+-- ARGV[13] traceparent of the webhook's span (W3C), or '' when tracing is off: nothing is stored
 local first = redis.call('HGET', KEYS[1], 'sha256')
 if first then
   if first == ARGV[3] then
@@ -58,6 +59,9 @@ index(KEYS[10], 'i', ARGV[1], 'l', ARGV[10], 'n', ARGV[11])
 index(KEYS[11], 'i', ARGV[1])
 redis.call('HSET', KEYS[1], 'body', ARGV[2], 'sha256', ARGV[3], 'received_ms', ARGV[4],
            'secret', ARGV[5], 'type', ARGV[6], 'state', 'queued', 'seq', seq)
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'traceparent', ARGV[13])
+end
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'lead_id', ARGV[10])
   redis.call('ZADD', KEYS[8], seq, ARGV[1])

@@ -1,6 +1,7 @@
 -- Begin a run of an event: mark it processing and count an attempt for each handler that is due.
 -- Returns nil (no ledger entry), {state} (already finished), or
--- {'processing', body, received_ms, <due flag '0'|'1'><handler state json>, ...} in ARGV order;
+-- {'processing', body, received_ms, traceparent ('' for none), <due flag '0'|'1'><handler state json>, ...}
+-- in ARGV order;
 -- the flag is '-' (and no json follows) for a handler left out of a replay restricted to others
 -- (field `replay_only`, a JSON list written by service/store/history.py's replay script).
 --
@@ -12,8 +13,8 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 if state == 'done' or state == 'dead' or state == 'purged' then return {state} end
 redis.call('HSET', KEYS[1], 'state', 'processing', 'processing_ms', ARGV[1])
-local entry = redis.call('HMGET', KEYS[1], 'body', 'received_ms')
-local out = {'processing', entry[1], entry[2]}
+local entry = redis.call('HMGET', KEYS[1], 'body', 'received_ms', 'traceparent')
+local out = {'processing', entry[1], entry[2], entry[3] or ''}
 local now = tonumber(ARGV[1])
 local only = redis.call('HGET', KEYS[1], 'replay_only')
 local allowed = nil
