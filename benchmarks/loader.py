@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 class Loader:
     """Posts prepared sets of signed events with `threads` x `connections` (wrk) or `connections` (httpx)."""
 
-    def __init__(self, wrk: str | None, work: Path, *, threads: int, connections: int) -> None:
+    def __init__(
+        self, wrk: str | None, work: Path, *, threads: int, connections: int, cpus: str | None = None
+    ) -> None:
         self.wrk = wrk
+        self.cpus = cpus  # wrk only: a `taskset -c` list
         self.work = work
         self.threads = threads
         self.connections = connections
@@ -70,6 +73,7 @@ class Loader:
                 connections=self.connections,
                 duration_s=duration_s,
                 progress=progress,
+                cpus=self.cpus,
             )
         return asyncio.run(
             httpx_load.closed_loop(url, self._sets[name], connections=self.connections, duration_s=duration_s)

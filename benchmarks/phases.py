@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, cast
 from benchmarks import bare_arq, raw_load
 from benchmarks.bodies import signed
 from benchmarks.measures import LoadResult, Runs, Tally, drain_rate
+from benchmarks.pinned import CpuCost, costed
 from benchmarks.stack import data_memory, start_worker
 from service.api.ingest import PATH
 from service.store.ledger import PENDING_KEY, STATS_KEY
@@ -79,6 +80,7 @@ class OursRound:
     tally: Tally
     queued_bytes_per_event: float
     retained_bytes_per_event: float
+    cost: CpuCost
 
 
 @dataclass
@@ -135,7 +137,8 @@ def tracing_env(bench: Bench) -> dict[str, str]:
 
 
 def ours(bench: Bench, rep: int, *, traced: bool = False) -> OursRound:
-    """C: post N events once each through our API; D: one worker drains exactly those; G for C.
+    """C: post N events once each through our API (and the CPU each cost); D: one worker drains
+    exactly those; G for C.
 
     `traced`: Ct and Dt, the same with tracing on in the API and the worker (a span per request and
     per handler run, all sampled, exported to the sink).
@@ -143,7 +146,12 @@ def ours(bench: Bench, rep: int, *, traced: bool = False) -> OursRound:
     bench.redis.flushall()
     empty = data_memory(bench.redis)
     server, env = ("ours-traced", tracing_env(bench)) if traced else ("ours", {})
-    load = bench.loader.run(bench.url(server), f"c{rep}", progress=bench.stored)
+    load, cost = costed(
+        bench.servers[server][0].pid,
+        bench.redis,
+        lambda: bench.loader.run(bench.url(server), f"c{rep}", progress=bench.stored),
+        bench.stored,
+    )
     stored = bench.stored()
     queued = data_memory(bench.redis)
     with running_worker(bench, f"worker-d{rep}{'t' if traced else ''}", **env) as worker:
@@ -155,6 +163,7 @@ def ours(bench: Bench, rep: int, *, traced: bool = False) -> OursRound:
         tally=Tally.of(acknowledged, stored, worker.runs),
         queued_bytes_per_event=(queued - empty) / max(1, stored),
         retained_bytes_per_event=(data_memory(bench.redis) - empty) / max(1, stored),
+        cost=cost,
     )
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from benchmarks.history import HistoryRun
     from benchmarks.measures import LoadResult
     from benchmarks.phases import DrainRound, LatencyRun, OursRound, TwoProcessRound, WorkerRun
+    from benchmarks.pinned import PinnedRun
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Results:
     bare: list[WorkerRun] = field(default_factory=list)
     traced: list[TracedRound] = field(default_factory=list)
     latency: LatencyRun | None = None
+    pinned: PinnedRun | None = None
     history: HistoryRun | None = None
     api_rss_mb: float = math.nan
     wall_s: float = math.nan
@@ -105,6 +107,7 @@ def summarize(r: Results) -> dict[str, Any]:
         "history_list_p99_ms": percentile(r.history.list_ms, 99) if r.history else math.nan,
         "history_lead_p99_ms": percentile(r.history.lead_ms, 99) if r.history else math.nan,
     }
+    out |= _pinned(r)
     out["ratio_C_A"] = _ratio(out["ingest_rps"], out["ingest_limit_rps"])
     out["ratio_C_B"] = _ratio(out["ingest_rps"], out["ingest_naive_rps"])
     out["ratio_C2_C"] = _ratio(out["ingest_rps_2proc"], out["ingest_rps"])
@@ -171,6 +174,34 @@ def summarize(r: Results) -> dict[str, Any]:
     return out
 
 
+def _pinned(r: Results) -> dict[str, Any]:
+    """P's medians, and the CPU per event of C (unpinned) and of P's C (issue 23)."""
+    p = r.pinned
+    out = {
+        "cpu_api_us_per_event": median(x.cost.api_us for x in r.ours),
+        "cpu_redis_us_per_event": median(x.cost.redis_us for x in r.ours),
+        "pinned_limit_rps": median(_rps(x) for x in p.limit) if p else math.nan,
+        "pinned_naive_rps": median(_rps(x) for x in p.naive) if p else math.nan,
+        "pinned_rps": median(_rps(x) for x in p.ours) if p else math.nan,
+        "pinned_cpu_api_us_per_event": median(x.api_us for x in p.cost) if p else math.nan,
+        "pinned_cpu_redis_us_per_event": median(x.redis_us for x in p.cost) if p else math.nan,
+    }
+    out["ratio_pinned_C_A"] = _ratio(out["pinned_rps"], out["pinned_limit_rps"])
+    out["ratio_pinned_C_B"] = _ratio(out["pinned_rps"], out["pinned_naive_rps"])
+    out["pinned_repetitions"] = {
+        "A": [_rps(x) for x in p.limit] if p else [],
+        "B": [_rps(x) for x in p.naive] if p else [],
+        "C": [_rps(x) for x in p.ours] if p else [],
+        "C_cpu_api_us": [x.api_us for x in p.cost] if p else [],
+        "C_cpu_redis_us": [x.redis_us for x in p.cost] if p else [],
+    }
+    out["cpu_repetitions"] = {
+        "C_cpu_api_us": [x.cost.api_us for x in r.ours],
+        "C_cpu_redis_us": [x.cost.redis_us for x in r.ours],
+    }
+    return out
+
+
 @dataclass(frozen=True)
 class Target:
     """One of the issue's targets: a label and a test of the summary."""
@@ -180,7 +211,9 @@ class Target:
 
 
 TARGETS = [
-    Target("C >= 2.5 x B", lambda s: s["ratio_C_B"] >= 2.5),
+    Target("C >= 3 x B (issue 23; issue 6 asked 2.5)", lambda s: s["ratio_C_B"] >= 3),
+    Target("P: C >= 2.5 x B, pinned (issue 23)", lambda s: s["ratio_pinned_C_B"] >= 2.5),
+    Target("P: C >= 0.25 x A, pinned (issue 23)", lambda s: s["ratio_pinned_C_A"] >= 0.25),
     Target("D >= 600 events/s", lambda s: s["worker_events_per_s"] >= 600),
     Target("D >= 0.8 x E", lambda s: s["ratio_D_E"] >= 0.8),
     Target("O >= 0.8 x D (issue 15)", lambda s: s["ratio_O_D"] >= 0.8),
@@ -216,6 +249,36 @@ def _spans(d: dict[str, Any]) -> str:
     return ", ".join(f"{t['spans_exported']:,} / {t['spans_made']:,}" for t in d["traced"]) or "n/a"
 
 
+def _cpu(api: float, redis: float) -> str:
+    return f"{_n(api)} / {_n(redis)} us"
+
+
+def _pinned_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
+    p = s["pinned_repetitions"]
+    cpu = s["cpu_repetitions"]
+    return [
+        (
+            "   C: CPU per event, API / Redis",
+            _cpu(s["cpu_api_us_per_event"], s["cpu_redis_us_per_event"]),
+            _reps(cpu["C_cpu_api_us"]) + " / " + _reps(cpu["C_cpu_redis_us"]),
+        ),
+        (
+            "P  pinned A (server on CPU 0, wrk -t1 -c32 on 1)",
+            f"{_n(s['pinned_limit_rps'])} req/s",
+            _reps(p["A"]),
+        ),
+        ("P  pinned B", f"{_n(s['pinned_naive_rps'])} req/s", _reps(p["B"])),
+        ("P  pinned C", f"{_n(s['pinned_rps'])} req/s", _reps(p["C"])),
+        ("   P: C / A", _n(s["ratio_pinned_C_A"], 2), ""),
+        ("   P: C / B", _n(s["ratio_pinned_C_B"], 2), ""),
+        (
+            "   P: C's CPU per event, API / Redis",
+            _cpu(s["pinned_cpu_api_us_per_event"], s["pinned_cpu_redis_us_per_event"]),
+            _reps(p["C_cpu_api_us"]) + " / " + _reps(p["C_cpu_redis_us"]),
+        ),
+    ]
+
+
 def table(s: dict[str, Any]) -> str:
     """The printed report."""
     d = s["details"]
@@ -231,6 +294,7 @@ def table(s: dict[str, Any]) -> str:
         ("   C / B", _n(s["ratio_C_B"], 2), ""),
         ("C2 ours, OA_API_PROCESSES=2", f"{_n(s['ingest_rps_2proc'])} req/s", _reps(reps["C2"])),
         ("   C2 / C", _n(s["ratio_C2_C"], 2), ""),
+        *_pinned_rows(s),
         ("D  ours: oa-webhooks worker, no-op", f"{_n(s['worker_events_per_s'])} ev/s", _reps(reps["D"])),
         ("O  ours, one ordered=True no-op", f"{_n(s['worker_ordered_events_per_s'])} ev/s", _reps(reps["O"])),
         ("   O / D", _n(s["ratio_O_D"], 2), ""),
@@ -281,7 +345,7 @@ def table(s: dict[str, Any]) -> str:
         "-" * (width + 50),
     ]
     lines += [f"{label:<{width}}{value:>16}   {rep}".rstrip() for label, value, rep in rows]
-    lines += ["", "targets (issues 6 and 13; O: issue 15; L: issue 20; Ct, Dt: issue 22):"]
+    lines += ["", "targets (issues 6 and 13; O: issue 15; L: issue 20; Ct, Dt: issue 22; P: issue 23):"]
     lines += [f"  {'PASS' if t.passes(s) else 'FAIL'}  {t.label}" for t in TARGETS]
     lines += [f"note: {note}" for note in d["notes"]]
     lines.append(f"load generator: {d['load_generator']}; wall time {d['wall_time_s']:.0f} s ({d['mode']})")

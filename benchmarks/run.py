@@ -2,10 +2,11 @@
 
 Starts its own durable redis-server, the three servers (A raw ASGI, B naive, C ours) and, per
 phase, one worker. Rounds of A, B, C, D, E (interleaved, `reps` times), in the middle round C and D
-again with tracing on (Ct, Dt: exporting to a sink that discards, benchmarks/otlp_sink.py), then F,
-then H (the event history over `history_events` retained events, benchmarks/history.py). Prints a table
-with PASS/FAIL per target and writes bench-results.json. Exits 0 whatever the speed, 1 if an
-event was lost or run twice.
+again with tracing on (Ct, Dt: exporting to a sink that discards, benchmarks/otlp_sink.py), then P
+(A, B and C with the server and wrk pinned to a core each, benchmarks/pinned.py), then F, then H
+(the event history over `history_events` retained events, benchmarks/history.py). Prints a table with
+PASS/FAIL per target and writes bench-results.json. Exits 0 whatever the speed, 1 if an event was
+lost or run twice.
 
     python -m benchmarks.run [--smoke] [--out FILE] [--work-dir DIR] [--loadgen auto|wrk|httpx]
 """
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import history, phases, report
+from benchmarks import history, phases, pinned, report
 from benchmarks.bodies import lead_stories, signed
 from benchmarks.loader import Loader
 from benchmarks.otlp_sink import OtlpSink
@@ -107,10 +108,29 @@ def _rounds(bench: phases.Bench, results: report.Results, started: float) -> Non
         if not all(drain.complete for drain in drains):
             results.notes.append(f"round {rep + 1}: a drain did not finish in {plan.drain_timeout_s:g}s")
         round_s = time.monotonic() - round_started
-        reserve_s = plan.latency_s + 15
+        reserve_s = plan.latency_s + 15 + _pinned_s(plan)
         if rep + 1 < plan.reps and time.monotonic() - started + round_s + reserve_s > plan.budget_s:
             results.notes.append(f"only {rep + 1} of {plan.reps} rounds: the next would pass the time budget")
             return
+
+
+def _pinned_s(plan: Plan) -> float:
+    """About how long P takes: A, B and C, `ingest_s` each plus wrk's start, per round."""
+    return plan.pinned_reps * 3 * (plan.ingest_s + 1)
+
+
+def _pinned(bench: phases.Bench, results: report.Results, loader: Loader | None) -> None:
+    """P, when wrk and two CPUs are there to pin to; else a note that says why not."""
+    if loader is None:
+        results.notes.append("no pinned variant (P): it needs wrk and CPUs 0 and 1")
+        return
+    plan = bench.plan
+    _say(f"  P: {plan.pinned_reps} rounds of A, B, C, the server on CPU 0, wrk -t1 -c32 on CPU 1")
+    results.pinned = pinned.rounds(bench, loader, plan.pinned_reps)
+    for rep, (a, b, c) in enumerate(
+        zip(results.pinned.limit, results.pinned.naive, results.pinned.ours, strict=True)
+    ):
+        _say(f"  P {rep + 1}/{plan.pinned_reps}: A {a.rps:,.0f}, B {b.rps:,.0f}, C {c.rps:,.0f} req/s")
 
 
 def _traced(bench: phases.Bench, results: report.Results, plain: phases.OursRound, rep: int) -> None:
@@ -139,13 +159,18 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
     busy = _busy_share()
     if busy > _BUSY_SHARE:
         results.notes.append(f"something else used {busy:.0%} of the CPUs as the run began: noisy numbers")
-    bodies = plan.load_bodies + plan.reps * (plan.events + 4 * plan.ordered_leads) + plan.history_events
+    # The load set twice: once per wrk thread layout (the main rounds', and P's one thread).
+    bodies = 2 * plan.load_bodies + plan.reps * (plan.events + 4 * plan.ordered_leads) + plan.history_events
     _say(f"bench: preparing {bodies:,} signed bodies in {work}")
     loader.prepare("load", signed("load", plan.load_bodies))
     for rep in range(plan.reps):
         loader.prepare(f"c{rep}", signed(f"c{rep}", plan.events))
         loader.prepare(f"o{rep}", lead_stories(f"o{rep}", plan.ordered_leads))
     loader.prepare(history.SET_NAME, signed(history.SET_NAME, plan.history_events))
+    pinned_loader = None
+    if loader.wrk and pinned.available():
+        pinned_loader = pinned.loader_for(loader.wrk, work)
+        pinned_loader.prepare(pinned.SET_NAME, signed(pinned.SET_NAME, plan.load_bodies))
     redis = start_redis(work / "redis")
     servers: dict[str, tuple[Proc, int]] = {}
     sink = OtlpSink()
@@ -158,8 +183,9 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
         with redis.client() as client:
             bench = phases.Bench(plan, work, client, redis.url, loader, servers, sink)
             rounds = "A, B, C, D, C2, L, O, E (Ct and Dt once)"
-            _say(f"bench: {plan.reps} rounds of {rounds}; then F ({loader.name}, redis {redis.url})")
+            _say(f"bench: {plan.reps} rounds of {rounds}; then P, F, H ({loader.name}, redis {redis.url})")
             _rounds(bench, results, started)
+            _pinned(bench, results, pinned_loader)
             _say(f"  F: {plan.latency_rate:g} events/s for {plan.latency_s:g}s")
             results.latency = phases.latency(bench)
             results.api_rss_mb = servers["ours"][0].rss_mb()
@@ -171,6 +197,8 @@ def measure(plan: Plan, work: Path, loadgen: str, *, smoke: bool) -> report.Resu
         sink.stop()
         redis.stop()
         loader.discard()
+        if pinned_loader is not None:
+            pinned_loader.discard()
         shutil.rmtree(work / "redis" / "appendonlydir", ignore_errors=True)
     results.wall_s = time.monotonic() - started
     return results

@@ -90,15 +90,18 @@ def run(
     duration_s: float | None = None,
     progress: Callable[[], int] | None = None,
     bound_s: float = 120,
+    cpus: str | None = None,
 ) -> LoadResult:
     """A duration run (`duration_s`), or, without it, a run that sends every body once and ends
     when each thread has all its answers (stopped with SIGINT, which makes wrk report). Such a
-    run also stops once `progress()` (the events stored so far) stays put for `_STALL_S`."""
+    run also stops once `progress()` (the events stored so far) stays put for `_STALL_S`. With `cpus`
+    (a `taskset -c` list), wrk runs on those CPUs only."""
     markers = [prefix.with_name(f"{prefix.name}.{k}.done") for k in range(threads)]
     for marker in markers:
         marker.unlink(missing_ok=True)
     seconds = duration_s if duration_s is not None else bound_s
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
+    argv = ["taskset", "-c", cpus] if cpus else []
+    argv += [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s"]
     argv += ["-s", str(SCRIPT), url, "--", str(prefix)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if duration_s is None:

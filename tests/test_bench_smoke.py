@@ -54,8 +54,17 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
         "redis_bytes_per_event",
         "history_list_p99_ms",
         "history_lead_p99_ms",
+        "cpu_api_us_per_event",
+        "cpu_redis_us_per_event",
     ):
         assert results[key] is not None, key
+    # The CPU an event cost is charged from real readings: more than nothing, less than a second.
+    assert 0 < results["cpu_api_us_per_event"] < 1e6
+    assert 0 < results["cpu_redis_us_per_event"] < 1e6
+    if loadgen == "wrk":  # P, the pinned variant, needs wrk (and two CPUs, as every machine here has)
+        for key in ("pinned_limit_rps", "pinned_naive_rps", "pinned_rps", "ratio_pinned_C_B"):
+            assert results[key] is not None and results[key] > 0, key
+        assert 0 < results["pinned_cpu_api_us_per_event"] < 1e6
     assert results["history_events"] == 2_000
     assert results["lost"] == 0
     assert results["duplicated"] == 0
