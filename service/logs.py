@@ -20,6 +20,7 @@ import orjson
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Mapping
 
 FIELDS = (
     "event_id",
@@ -44,35 +45,64 @@ FIELDS = (
 )
 
 
-class JSONFormatter(logging.Formatter):
+class FieldsFormatter(logging.Formatter):
+    """A formatter that can also render a line from its parts, without a `LogRecord` (see `info`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render one record: its parts, then the exception of an ERROR or worse."""
+        line = self.format_fields(
+            record.created, record.levelname, record.name, record.getMessage(), record.__dict__
+        )
+        if record.exc_info and record.levelno >= logging.ERROR:
+            line = self.with_exception(line, self.formatException(record.exc_info))
+        return line
+
+    def format_fields(
+        self, created: float, level: str, name: str, msg: str, fields: Mapping[str, object]
+    ) -> str:
+        """One line from its parts; only the names in `FIELDS` are taken from `fields`."""
+        raise NotImplementedError
+
+    def with_exception(self, line: str, exception: str) -> str:
+        """`line` with a formatted exception added."""
+        raise NotImplementedError
+
+
+class JSONFormatter(FieldsFormatter):
     """`{"ts", "level", "logger", "msg", ...fields}` on one line."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Render one record as a JSON object."""
+    def format_fields(
+        self, created: float, level: str, name: str, msg: str, fields: Mapping[str, object]
+    ) -> str:
+        """Render one line as a JSON object."""
         line: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
+            "ts": round(created, 3),
+            "level": level.lower(),
+            "logger": name,
+            "msg": msg,
         }
-        attributes = record.__dict__
-        line.update({k: attributes[k] for k in FIELDS if k in attributes})
-        if record.exc_info and record.levelno >= logging.ERROR:
-            line["exc"] = self.formatException(record.exc_info)
+        line.update({k: fields[k] for k in FIELDS if k in fields})
         return orjson.dumps(line, default=str).decode()
 
+    def with_exception(self, line: str, exception: str) -> str:
+        """The same object with `exc` last."""
+        return line[:-1] + "," + orjson.dumps({"exc": exception}).decode()[1:]
 
-class ConsoleFormatter(logging.Formatter):
+
+class ConsoleFormatter(FieldsFormatter):
     """`12:00:01 INFO  msg  key=value ...` for people at a terminal."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Render one record as a short human line."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k}={record.__dict__[k]}" for k in FIELDS if k in record.__dict__)
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}  {fields}".rstrip()
-        if record.exc_info and record.levelno >= logging.ERROR:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+    def format_fields(
+        self, created: float, level: str, name: str, msg: str, fields: Mapping[str, object]
+    ) -> str:
+        """Render one short human line."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(created))
+        pairs = " ".join(f"{k}={fields[k]}" for k in FIELDS if k in fields)
+        return f"{stamp} {level:<7} {name}: {msg}  {pairs}".rstrip()
+
+    def with_exception(self, line: str, exception: str) -> str:
+        """The traceback on the lines below."""
+        return line + "\n" + exception
 
 
 class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -107,6 +137,22 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # logging's contract: report the error, never raise it
             self.handleError(record)
             return
+        self._buffer(loop, line)
+
+    def buffering_here(self) -> bool:
+        """Whether an INFO line emitted now, on this thread, would wait for the end of the turn."""
+        return self._loop is not None and threading.get_ident() == self._thread
+
+    def buffer_info(
+        self, formatter: FieldsFormatter, name: str, msg: str, fields: Mapping[str, object]
+    ) -> None:
+        """Buffer the INFO line of `fields` (see `info`); call only where `buffering_here()`."""
+        line = formatter.format_fields(time.time(), "INFO", name, msg, fields)
+        assert self._loop is not None  # buffering_here() said so
+        with self.lock:  # type: ignore[union-attr] # another thread's warning may be writing what waits
+            self._buffer(self._loop, line)
+
+    def _buffer(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
         if not self._waiting:
             if loop.is_closed():
                 self.stream.write(line + self.terminator)
@@ -125,6 +171,51 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if self._waiting:
             lines, self._waiting = self._waiting, []
             self.stream.write(self.terminator.join(lines) + self.terminator)
+
+
+def _sole_turn_handler(logger: logging.Logger) -> TurnBufferedHandler | None:
+    """The `TurnBufferedHandler` that alone would write an INFO line of `logger`, or None.
+
+    None too when the line would not be buffered on this thread, or when something else could act
+    on the record: a filter, or a record factory.
+    """
+    if logger.filters or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    found: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    if (
+        not isinstance(found, TurnBufferedHandler)
+        or found.filters
+        or found.level > logging.INFO
+        or not found.buffering_here()
+    ):
+        return None
+    return found
+
+
+def info(logger: logging.Logger, msg: str, fields: Mapping[str, object]) -> None:
+    """`logger.info(msg, extra=fields)`, the same line, without a `LogRecord` where none is needed.
+
+    The API logs every event it accepts, and logging's machinery (a record of some twenty
+    attributes, the handler's lookups and locks) cost more than the line itself. When the line
+    would reach exactly one `TurnBufferedHandler`, buffering on this thread, with no filter and no
+    record factory on the way (tracing installs one, for the span's ids), it is formatted from
+    `fields` and buffered at once; otherwise it goes through `logger.info` as usual.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_turn_handler(logger)
+    formatter = handler.formatter if handler is not None else None
+    if handler is None or not isinstance(formatter, FieldsFormatter):
+        logger.info(msg, extra=fields)
+        return
+    handler.buffer_info(formatter, logger.name, msg, fields)
 
 
 def buffer_on(loop: asyncio.AbstractEventLoop) -> None:

@@ -63,7 +63,8 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
     assert 0 < results["cpu_redis_us_per_event"] < 1e6
     if loadgen == "wrk":  # P, the pinned variant, needs wrk (and two CPUs, as every machine here has)
         for key in ("pinned_limit_rps", "pinned_naive_rps", "pinned_rps", "ratio_pinned_C_B"):
-            assert results[key] is not None and results[key] > 0, key
+            assert results[key] is not None, key
+            assert results[key] > 0, key
         assert 0 < results["pinned_cpu_api_us_per_event"] < 1e6
     assert results["history_events"] == 2_000
     assert results["lost"] == 0

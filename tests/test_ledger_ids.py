@@ -7,7 +7,14 @@ import pytest
 from redis import Redis
 
 from service.api.envelope import Envelope
-from service.store.ledger import event_key, invoice_index_key, lead_index_key, payload_ids
+from service.store.ledger import (
+    MINUTE_STATS_TTL_S,
+    event_key,
+    invoice_index_key,
+    lead_index_key,
+    minute_stats_key,
+    payload_ids,
+)
 from tests.conftest import ENDPOINT, envelope, signed_headers
 
 
@@ -62,3 +69,24 @@ async def test_an_event_without_ids_writes_no_index(client: httpx.AsyncClient, r
     assert (await client.post(ENDPOINT, content=body, headers=signed_headers(body))).status_code == 202
     assert redis_sync.keys("oa:idx:lead:*") + redis_sync.keys("oa:idx:invoice:*") == []
     assert redis_sync.hget(event_key("e_none"), "seq") is not None
+
+
+async def test_one_hset_keeps_every_field_and_the_minute_counter_keeps_its_ttl(
+    client: httpx.AsyncClient, redis_sync: Redis
+) -> None:
+    """The accept script's single HSET stores every field; the minute's counter has a TTL after each event."""
+    bodies = [
+        envelope("m1", "lead.paid", lead_id=8, invoice_id=21),
+        envelope("m2", "lead.created", lead_id=8),
+    ]
+    for body in bodies:
+        assert (await client.post(ENDPOINT, content=body, headers=signed_headers(body))).status_code == 202
+        minute = minute_stats_key(int(redis_sync.hget(event_key("m1"), "received_ms")))
+        assert 0 < redis_sync.ttl(minute) <= MINUTE_STATS_TTL_S
+    stored = redis_sync.hgetall(event_key("m1"))
+    assert {k.decode() for k in stored} == {
+        "body", "sha256", "received_ms", "secret", "type", "state", "seq", "lead_id", "invoice_id"
+    }  # fmt: skip
+    assert (stored[b"body"], stored[b"type"], stored[b"state"]) == (bodies[0], b"lead.paid", b"queued")
+    assert (stored[b"lead_id"], stored[b"invoice_id"], stored[b"secret"]) == (b"8", b"21", b"0")
+    assert int(redis_sync.hget(minute, "received")) == 2

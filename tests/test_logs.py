@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 
+from service import logs
 from service.logs import JSONFormatter, TurnBufferedHandler
 
 
@@ -78,3 +79,51 @@ def test_lines_waiting_when_the_loop_ends_are_written_by_flush() -> None:
     assert _messages(stream) == ["last"]
     logger.info("after the loop closed")
     assert _messages(stream) == ["last", "after the loop closed"]
+
+
+def _line_both_ways(
+    handler: TurnBufferedHandler, logger: logging.Logger, stream: io.StringIO
+) -> list[dict[str, object]]:
+    """One line through `logger.info`, one through `logs.info`, both on `handler`'s loop thread."""
+
+    async def write() -> None:
+        handler.attach(asyncio.get_running_loop())
+        fields = {"event_id": "evt_1", "type": "lead.paid", "outcome": "accepted", "not_a_field": "secret"}
+        logger.info("event received", extra=fields)
+        logs.info(logger, "event received", fields)
+
+    asyncio.run(write())
+    handler.flush()
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_the_direct_info_line_is_the_line_logging_writes() -> None:
+    """`logs.info` writes the very line `logger.info(..., extra=...)` writes, but the time, in order."""
+    stream, handler, logger = _buffered()
+    through_logging, direct = _line_both_ways(handler, logger, stream)
+    assert direct.pop("ts") >= through_logging.pop("ts")
+    assert direct == through_logging
+    assert through_logging["event_id"] == "evt_1"
+    assert "not_a_field" not in direct
+
+
+def test_the_direct_info_line_steps_aside_for_a_record_factory_and_a_filter() -> None:
+    """With a record factory (tracing's) or a filter on the way, `logs.info` goes through logging."""
+    stream, handler, logger = _buffered()
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        record.trace_id = "0af7651916cd43dd8448eb211c80319c"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        lines = _line_both_ways(handler, logger, stream)
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert [line["trace_id"] for line in lines] == ["0af7651916cd43dd8448eb211c80319c"] * 2
+
+    stream, handler, logger = _buffered()
+    handler.addFilter(lambda record: record.getMessage() != "event received")
+    assert _line_both_ways(handler, logger, stream) == []

@@ -25,6 +25,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
+from service import logs
 from service.api.envelope import Envelope, MalformedBody, parse_envelope
 from service.api.signature import SIGNATURE_HEADER, SignatureFailure, Verified, verify
 from service.ops.metrics import REQUESTS, SIGNATURE_FAILURES
@@ -161,10 +162,10 @@ def respond(envelope: Envelope, accepted: Accepted) -> Reply:
     """202 for a new event, 200 for a redelivery, 409 for a reused id with another body."""
     fields = {"event_id": envelope.id, "type": envelope.type, "outcome": accepted.outcome.value}
     if accepted.outcome is Outcome.ACCEPTED:
-        log.info("event received", extra=fields)
+        logs.info(log, "event received", fields)
         return Reply(202, _json({"status": "accepted", "id": envelope.id}))
     if accepted.outcome is Outcome.DUPLICATE:
-        log.info("duplicate delivery", extra=fields)
+        logs.info(log, "duplicate delivery", fields)
         return Reply(200, _json({"status": "duplicate", "id": envelope.id}))
     log.warning(
         "id reused with another body",
@@ -225,7 +226,7 @@ async def _steps(runtime: Runtime, scope: Scope, receive: Receive, traced: Webho
         traceparent = "" if traced is None else traced.event(envelope.id, envelope.type)
         accepted = await record(runtime, envelope, body, verified, traceparent=traceparent)
     except Rejected as exc:
-        log.info("request rejected", extra={"status": exc.status, "reason": exc.code})
+        logs.info(log, "request rejected", {"status": exc.status, "reason": exc.code})
         if traced is not None:
             traced.outcome(exc.code)
         return Reply(exc.status, error_body(exc.code, exc.detail), exc.headers)
