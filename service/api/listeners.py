@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -80,6 +81,7 @@ async def _serve_both(settings: Settings, sockets: BoundSockets | None) -> bool:
                 bound.append((admin, sockets.admin))
         listeners = tuple(listener for listener, _ in bound)
         loop = asyncio.get_running_loop()
+        _collect_less_often()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stop, listeners, signum)
         tasks = [asyncio.create_task(_run(listener, sock)) for listener, sock in bound]
@@ -88,6 +90,19 @@ async def _serve_both(settings: Settings, sockets: BoundSockets | None) -> bool:
         _stop(listeners, signal.SIGTERM)
         await asyncio.gather(*tasks)
         return all(listener.started for listener in listeners)
+
+
+# Python collects its youngest generation every 700 net container allocations; a webhook allocates
+# dozens, so under load that was 2.4% of the API's instructions (callgrind, 3,000 requests). Objects of
+# a request are freed by reference counting, not by these passes, so collecting less often costs no
+# memory but the rare cycle's. The objects of start-up are frozen: no pass need look at them again.
+_YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def _collect_less_often() -> None:
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(_YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def _config(settings: Settings, app: FastAPI, host: str, port: int) -> uvicorn.Config:

@@ -105,6 +105,10 @@ class Outcome(StrEnum):
     CONFLICT = "conflict"
 
 
+# The accept script's first reply, looked up (an Enum call parses its value on every request).
+_OUTCOMES = {outcome.value.encode(): outcome for outcome in Outcome}
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """The result of `Ledger.accept`; `first_sha256` is the body hash the ledger holds for this id."""
@@ -191,7 +195,7 @@ class Ledger:
                 traceparent,
             ],
         )
-        return Accepted(Outcome(reply[0].decode()), sha256, reply[1].decode())
+        return Accepted(_OUTCOMES[reply[0]], sha256, reply[1].decode())
 
     async def requeue_if_lost(self, event_id: str, event_type: str, *, now_ms: int) -> str:
         """Give an unfinished event a new arq job if its job is gone; returns what was found."""
