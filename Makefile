@@ -83,7 +83,8 @@ sys.exit(1 if found else 0)
 endef
 export AUDIT_SUMMARY
 
-## make bench: throughput, latency, zero loss and memory of ingest and worker (issue 6); < 5 min.
+## make bench: throughput, latency, zero loss and memory of ingest and worker (issue 6), the pinned
+## variant and CPU per event (issue 23); about 5 min.
 ## Starts its own durable redis-server, the servers and workers, and wrk (Debian's, installed if
 ## missing); prints PASS/FAIL per target and writes bench-results.json.
 .PHONY: bench
@@ -119,6 +120,12 @@ compose-test: $(STAMP)
 .PHONY: bench-outage
 bench-outage: $(STAMP)
 	$(BIN)/python -m benchmarks.outage
+
+## make bench-instructions: the API's instructions per request under valgrind's callgrind (issue 23), a
+## figure that the machine's load does not move: compare two versions of the code with it. About 2 minutes.
+.PHONY: bench-instructions
+bench-instructions: $(STAMP)
+	$(BIN)/python -m benchmarks.instructions
 
 ## make bench-failover: a primary SIGKILLed under ~200 events/s, with Sentinel, 3 times with
 ## OA_REDIS_MIN_REPLICAS=0 and 3 times with =1 (issue 16): lost and duplicated acknowledged events, and

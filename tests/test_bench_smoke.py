@@ -7,6 +7,7 @@ harness itself and the zero-loss count (G), with the httpx load generator and, w
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,17 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
     # Ct and Dt traced: a span per accepted request and per handler run reached the sink.
     [traced] = results["details"]["traced"]
     assert traced["spans_exported"] == traced["spans_made"] > 0
+
+
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None or shutil.which("wrk") is None, reason="needs valgrind and wrk"
+)
+def test_instructions_per_request_are_counted() -> None:
+    """`make bench-instructions` runs the API under callgrind twice and prints a count per request."""
+    command = [sys.executable, "-m", "benchmarks.instructions", "--requests", "200"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    match = re.search(r"ours: ([\d,]+) instructions per request \(200 requests", done.stdout)
+    assert match, done.stdout
+    # A request is hundreds of thousands of instructions; a count near zero means nothing was measured.
+    assert 50_000 < int(match.group(1).replace(",", "")) < 50_000_000
