@@ -19,6 +19,7 @@ import pytest
 import yaml
 from redis import Redis
 
+from service.ops.cli.reload import Watcher
 from service.store.ledger import event_key
 from tests.processes import ROOT, wait_for, wait_until_ready
 from tests.redis_server import free_port
@@ -237,3 +238,34 @@ def test_compose_runs_the_commands_that_never_reload() -> None:
         [str(BIN / "oa-webhooks"), "worker", "--help"], capture_output=True, text=True, check=True, timeout=30
     )
     assert "reload" not in worker_help.stdout
+
+
+def test_a_save_that_leaves_a_file_as_it_was_restarts_nothing(tmp_path: Path) -> None:
+    """A file rewritten with the same bytes is not reported; the real change saved beside it is."""
+    same, edited = tmp_path / "same.py", tmp_path / "edited.py"
+    same.write_text("x = 1\n", encoding="utf-8")
+    edited.write_text("y = 1\n", encoding="utf-8")
+    watcher = Watcher([tmp_path])
+    reports: list[str] = []
+
+    def reported(name: str, *, after: int = 0) -> bool:
+        if (changed := watcher.changed()) is not None:
+            reports.append(changed)
+        return any(name in report for report in reports[after:])
+
+    watcher.start()
+    try:
+        time.sleep(0.3)  # watchfiles sets its watch up in its thread
+        same.write_text("x = 2\n", encoding="utf-8")
+        wait_for(lambda: reported("same.py"), timeout_s=10, what="the first save")
+        seen = len(reports)
+        same.write_text("x = 2\n", encoding="utf-8")  # saved again, unchanged
+        edited.write_text("y = 2\n", encoding="utf-8")
+        wait_for(lambda: reported("edited.py", after=seen), timeout_s=10, what="the edited file's save")
+        # One more real change: once it is reported, every report of the saves before it has been read.
+        last = len(reports)
+        edited.write_text("y = 3\n", encoding="utf-8")
+        wait_for(lambda: reported("edited.py", after=last), timeout_s=10, what="the second edit")
+    finally:
+        watcher.stop()
+    assert not any("same.py" in report for report in reports[seen:]), reports

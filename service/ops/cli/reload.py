@@ -5,11 +5,15 @@ OA_HANDLERS_PACKAGE, when that is elsewhere) is added, changed or removed. Only 
 and production start `oa-webhooks worker`, which never watches anything.
 
 watchfiles (Rust's notify: inotify here, FSEvents on macOS) reports a change within about 50 ms of
-the last write of a burst, well inside the 2 s a reload may take.
+the last write of a burst, well inside the 2 s a reload may take. One save can arrive as two reports
+(an editor's truncate and write, split across watchfiles' steps on a busy machine), and a save can
+leave a file as it was: a file counts as changed only when its content differs from when it was last
+reported, so the worker restarts once per real change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import queue
 import threading
@@ -42,6 +46,7 @@ class Watcher:
         self.folders = folders
         self._changes: queue.SimpleQueue[set[Path]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._seen: dict[Path, bytes | None] = {}  # each reported file's content digest (None: gone)
         self._thread = threading.Thread(target=self._watch, name="reload", daemon=True)
 
     def start(self) -> None:
@@ -56,14 +61,24 @@ class Watcher:
 
     def changed(self) -> str | None:
         """What changed since the last call (`workers/handlers/x.py`, relative to here if it can), or None."""
-        paths: set[Path] = set()
+        reported: set[Path] = set()
         while not self._changes.empty():
-            paths |= self._changes.get()
+            reported |= self._changes.get()
+        paths = {path for path in reported if self._content_changed(path)}
         if not paths:
             return None
         here = Path.cwd()
         shown = sorted(str(p.relative_to(here)) if p.is_relative_to(here) else str(p) for p in paths)
         return ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+
+    def _content_changed(self, path: Path) -> bool:
+        try:
+            digest: bytes | None = hashlib.sha256(path.read_bytes()).digest()
+        except OSError:  # removed (or unreadable): a change the worker must see too
+            digest = None
+        changed = path not in self._seen or self._seen[path] != digest
+        self._seen[path] = digest
+        return changed
 
     def stop(self) -> None:
         """Stop watching (the thread ends within a step of watchfiles, 50 ms)."""
