@@ -6,7 +6,7 @@
 4. `record`            - dedup, ledger and job in one atomic Redis step (200/409, 503);
 5. `respond`           - 202 only once Redis has confirmed the write.
 
-The endpoint is a plain ASGI function, called by `service.app.ReceiverApp` ahead of FastAPI's
+The endpoint is a plain ASGI function, called by `service.api.app.ReceiverApp` ahead of FastAPI's
 middleware and routing: that stack cost more per request than all five steps together (see
 docs/performance.md). The HTTP server bounds how long the head and the body may take
 (service/api/server.py). With tracing on (service/tracing.py), the steps run in one SERVER span, whose
