@@ -5,6 +5,9 @@ call joins the current batch; the batch is flushed on the loop's next turn (or a
 as one pipeline of EVALSHA commands. Each script still runs atomically on its own, so the
 answer each caller gets is exactly what a lone EVALSHA would have given: batching changes the
 number of round trips, never the outcome. With one request at a time, a batch is one call.
+`JoinedScriptBatcher` goes further for a script written for it (the accept script): the whole
+batch is one EVALSHA, and each caller gets what the calls in that order would have given one by
+one.
 A batch that takes longer than `timeout_s` fails every caller in it with `TimeoutError` (one
 timer per batch, not per caller).
 
@@ -91,9 +94,7 @@ class ScriptBatcher:
         # error reply kept as its exception), without its per-batch machinery: a command stack, a lock,
         # reply callbacks and a retry wrapper that never retries here. They were a fifth of the API's
         # Python time under load (py-spy). The pool's checks on a connection it hands out stay.
-        commands: list[tuple[Any, ...]] = [
-            ("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args, _ in batch
-        ]
+        commands = self._commands(batch)
         if self.replicas:
             # Same connection: WAIT counts replicas for this connection's writes.
             commands.append(("WAIT", self.replicas, self._wait_ms))
@@ -121,6 +122,14 @@ class ScriptBatcher:
                 raise NotReplicated(
                     f"{confirmed} of {self.replicas} replicas confirmed within {self._wait_ms} ms"
                 )
+        return self._replies(batch, results)
+
+    def _commands(self, batch: list[_Call]) -> list[tuple[Any, ...]]:
+        """One EVALSHA per call."""
+        return [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args, _ in batch]
+
+    def _replies(self, batch: list[_Call], results: list[Any]) -> list[Any]:  # noqa: ARG002 - for subclasses
+        """Each call's reply (or error) from what Redis answered to `_commands`."""
         return results
 
     async def _send(self, batch: list[_Call]) -> None:
@@ -149,3 +158,34 @@ class ScriptBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+class JoinedScriptBatcher(ScriptBatcher):
+    """Like ScriptBatcher, but a whole batch is one EVALSHA of a script written for batches.
+
+    The script gets every call's keys one after another, then every call's args, and returns
+    `reply_size` entries per call, in order (service/store/lua/accept-11.lua). What a script costs
+    Redis besides its commands (the call itself, its arguments, and whatever it can write once per
+    batch, such as counters) is then paid once per batch. The whole batch is one atomic step: an error
+    fails every call in it, as a broken connection would.
+    """
+
+    def __init__(self, redis: Redis, script: str, *, reply_size: int, **options: Any) -> None:
+        super().__init__(redis, script, **options)
+        self.reply_size = reply_size
+
+    def _commands(self, batch: list[_Call]) -> list[tuple[Any, ...]]:
+        """One EVALSHA for the batch: every call's keys, then every call's args."""
+        keys = [key for call_keys, _, _ in batch for key in call_keys]
+        args = [arg for _, call_args, _ in batch for arg in call_args]
+        return [("EVALSHA", self.sha, len(keys), *keys, *args)]
+
+    def _replies(self, batch: list[_Call], results: list[Any]) -> list[Any]:
+        """The batch's one reply, cut into each call's `reply_size` entries (its error for each call)."""
+        (reply,) = results
+        if isinstance(reply, Exception):
+            return [reply] * len(batch)
+        size = self.reply_size
+        if len(reply) != size * len(batch):
+            raise ResponseError(f"the script answered {len(reply)} entries for {len(batch)} calls")
+        return [reply[i : i + size] for i in range(0, len(reply), size)]

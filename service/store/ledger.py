@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from service.store import queue
-from service.store.batching import ScriptBatcher
+from service.store.batching import JoinedScriptBatcher, ScriptBatcher
 from service.store.scripts import load_script
 
 if TYPE_CHECKING:
@@ -144,9 +144,11 @@ class Ledger:
         # Concurrent requests' accepts share round trips (see service/store/batching.py); past
         # `timeout_s` a batch fails with TimeoutError, and with `min_replicas`, it fails with
         # NotReplicated unless that many replicas confirmed it (`OA_REDIS_MIN_REPLICAS`).
-        self._accept = ScriptBatcher(
+        # A whole accept batch is one call of the accept script, which writes its counters once.
+        self._accept = JoinedScriptBatcher(
             redis,
             load_script("service.store", "accept-11"),
+            reply_size=2,
             max_batch=ACCEPT_BATCH,
             timeout_s=timeout_s,
             replicas=min_replicas,

@@ -1,7 +1,12 @@
--- Accept a verified event: dedup, ledger entry, history indexes, arq job, queue and counters in one
--- atomic step.
--- Returns {'accepted' | 'duplicate' | 'conflict', sha256 of the body the ledger holds}.
+-- Accept a batch of verified events, in order: for each, dedup, ledger entry, history indexes, arq job
+-- and queue; then the batch's counters. All in one atomic step, one EVALSHA per accept batch
+-- (service/store/batching.py, JoinedScriptBatcher): the script's own cost and the counters' commands
+-- are paid once per batch instead of once per event.
+-- Returns two entries per event, in the events' order: 'accepted' | 'duplicate' | 'conflict', and
+-- the sha256 of the body the ledger holds for that id.
 --
+-- The events' keys and args follow one another: event i (from 0) has KEYS[11*i + 1 .. 11*i + 11]
+-- and ARGV[13*i + 1 .. 13*i + 13]. Below, the first event's:
 -- KEYS[1] event        oa:event:<id>, the ledger hash
 -- KEYS[2] job          arq:job:<id>
 -- KEYS[3] queue        oa:queue, arq's sorted set
@@ -28,64 +33,106 @@
 -- ARGV[11] invoice id, or ''
 -- ARGV[12] retention, s: an index key lives as long as its newest event is remembered
 -- ARGV[13] traceparent of the webhook's span (W3C), or '' when tracing is off: nothing is stored
-local first = redis.call('HGET', KEYS[1], 'sha256')
-if first then
-  if first == ARGV[3] then
-    redis.call('HINCRBY', KEYS[5], 'duplicate_total', 1)
-    return {'duplicate', first}
+local NKEYS, NARGS = 11, 13
+-- Each redis.call costs about 1.5 us of Lua and argument handling besides the command itself, as
+-- much as the commands: so one HSET for every field of an event, and the counters added up here and
+-- written once per batch (key -> field -> increment; minute key -> {increment, ttl}).
+local counts, minutes, last_received = {}, {}, {}
+local function count(key, field)
+  local fields = counts[key]
+  if not fields then
+    fields = {}
+    counts[key] = fields
   end
-  redis.call('HINCRBY', KEYS[5], 'conflict_total', 1)
-  return {'conflict', first}
+  fields[field] = (fields[field] or 0) + 1
 end
-local seq = redis.call('INCR', KEYS[7])
+
 -- Stream IDs must grow. <received ms>-<seq> does unless another API process's clock is behind;
 -- then the stream's last ms is used: the order stays the acceptance order (seq) either way.
 -- No trimming here: an entry dropped unread would leave its event in its lead and invoice sets
 -- for good. The reconciler reads each expired entry, then trims exactly (service/store/trim.py).
-local function index(key, ...)
-  local added = redis.pcall('XADD', key, ARGV[4] .. '-' .. seq, ...)
+local function index(key, received, seq, ...)
+  local added = redis.pcall('XADD', key, received .. '-' .. seq, ...)
   if type(added) == 'table' and added.err then
     local info = redis.call('XINFO', 'STREAM', key)
-    local last = ARGV[4]
+    local last = received
     for i = 1, #info, 2 do
       if info[i] == 'last-generated-id' then last = string.match(info[i + 1], '^(%d+)') end
     end
     redis.call('XADD', key, last .. '-' .. seq, ...)
   end
 end
--- The time index keeps the lead and invoice ids too, so that trimming finds their index entries
--- after the event itself has expired (the same fields in every entry cost only their values).
-index(KEYS[10], 'i', ARGV[1], 'l', ARGV[10], 'n', ARGV[11])
-index(KEYS[11], 'i', ARGV[1])
--- Each redis.call costs about 1.5 us of Lua and argument handling besides the command itself, as
--- much as the commands: one HSET for every field of the event, and the minute's TTL set once.
-local fields = {'body', ARGV[2], 'sha256', ARGV[3], 'received_ms', ARGV[4], 'secret', ARGV[5],
-                'type', ARGV[6], 'state', 'queued', 'seq', seq}
-if ARGV[13] ~= '' then
-  fields[#fields + 1] = 'traceparent'
-  fields[#fields + 1] = ARGV[13]
+
+local function accept(k, a)
+  local id, sha256, received = ARGV[a + 1], ARGV[a + 3], ARGV[a + 4]
+  local first = redis.call('HGET', KEYS[k + 1], 'sha256')
+  if first then
+    if first == sha256 then
+      count(KEYS[k + 5], 'duplicate_total')
+      return 'duplicate', first
+    end
+    count(KEYS[k + 5], 'conflict_total')
+    return 'conflict', first
+  end
+  local seq = redis.call('INCR', KEYS[k + 7])
+  local lead, invoice = ARGV[a + 10], ARGV[a + 11]
+  -- The time index keeps the lead and invoice ids too, so that trimming finds their index entries
+  -- after the event itself has expired (the same fields in every entry cost only their values).
+  index(KEYS[k + 10], received, seq, 'i', id, 'l', lead, 'n', invoice)
+  index(KEYS[k + 11], received, seq, 'i', id)
+  local fields = {'body', ARGV[a + 2], 'sha256', sha256, 'received_ms', received, 'secret', ARGV[a + 5],
+                  'type', ARGV[a + 6], 'state', 'queued', 'seq', seq}
+  if ARGV[a + 13] ~= '' then
+    fields[#fields + 1] = 'traceparent'
+    fields[#fields + 1] = ARGV[a + 13]
+  end
+  if lead ~= '' then
+    fields[#fields + 1] = 'lead_id'
+    fields[#fields + 1] = lead
+    redis.call('ZADD', KEYS[k + 8], seq, id)
+    redis.call('EXPIRE', KEYS[k + 8], ARGV[a + 12])
+  end
+  if invoice ~= '' then
+    fields[#fields + 1] = 'invoice_id'
+    fields[#fields + 1] = invoice
+    redis.call('ZADD', KEYS[k + 9], seq, id)
+    redis.call('EXPIRE', KEYS[k + 9], ARGV[a + 12])
+  end
+  redis.call('HSET', KEYS[k + 1], unpack(fields))
+  redis.call('SET', KEYS[k + 2], ARGV[a + 7], 'PX', ARGV[a + 8])
+  redis.call('ZADD', KEYS[k + 3], received, id)
+  redis.call('ZADD', KEYS[k + 4], received, id)
+  local stats = KEYS[k + 5]
+  count(stats, 'received_total')
+  count(stats, 'received:' .. ARGV[a + 6])
+  count(stats, 'secret:' .. ARGV[a + 5])
+  last_received[stats] = received
+  local minute = minutes[KEYS[k + 6]]
+  if minute then
+    minute[1] = minute[1] + 1
+  else
+    minutes[KEYS[k + 6]] = {1, ARGV[a + 9]}
+  end
+  return 'accepted', sha256
 end
-if ARGV[10] ~= '' then
-  fields[#fields + 1] = 'lead_id'
-  fields[#fields + 1] = ARGV[10]
-  redis.call('ZADD', KEYS[8], seq, ARGV[1])
-  redis.call('EXPIRE', KEYS[8], ARGV[12])
+
+local replies = {}
+for i = 0, #KEYS / NKEYS - 1 do
+  local outcome, sha256 = accept(i * NKEYS, i * NARGS)
+  replies[#replies + 1] = outcome
+  replies[#replies + 1] = sha256
 end
-if ARGV[11] ~= '' then
-  fields[#fields + 1] = 'invoice_id'
-  fields[#fields + 1] = ARGV[11]
-  redis.call('ZADD', KEYS[9], seq, ARGV[1])
-  redis.call('EXPIRE', KEYS[9], ARGV[12])
+for key, fields in pairs(counts) do
+  for field, increment in pairs(fields) do
+    redis.call('HINCRBY', key, field, increment)
+  end
 end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-redis.call('HINCRBY', KEYS[5], 'received_total', 1)
-redis.call('HINCRBY', KEYS[5], 'received:' .. ARGV[6], 1)
-redis.call('HINCRBY', KEYS[5], 'secret:' .. ARGV[5], 1)
-redis.call('HSET', KEYS[5], 'last_received_ms', ARGV[4])
-if redis.call('HINCRBY', KEYS[6], 'received', 1) == 1 then
-  redis.call('EXPIRE', KEYS[6], ARGV[9])  -- a new minute's key; its TTL need not move after
+for key, received in pairs(last_received) do
+  redis.call('HSET', key, 'last_received_ms', received)
 end
-return {'accepted', ARGV[3]}
+for key, minute in pairs(minutes) do
+  if redis.call('HINCRBY', key, 'received', minute[1]) == minute[1] then
+    redis.call('EXPIRE', key, minute[2])  -- a new minute's key; its TTL need not move after
+  end
+end
+return replies
