@@ -14,13 +14,13 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 FIELDS = (
     "event_id",
@@ -173,13 +173,43 @@ class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.stream.write(self.terminator.join(lines) + self.terminator)
 
 
+class _Stamping:
+    """A record factory that adds `stamp()`'s fields to every record the previous factory makes."""
+
+    def __init__(
+        self, previous: Callable[..., logging.LogRecord], stamp: Callable[[], dict[str, str]]
+    ) -> None:
+        self.previous = previous
+        self.stamp = stamp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        record.__dict__.update(self.stamp())
+        return record
+
+
+def stamp_records(stamp: Callable[[], dict[str, str]]) -> Callable[[], None]:
+    """Add the fields `stamp()` returns to every log line from now on; returns what undoes it.
+
+    Tracing's way of putting the current span's ids on each line (service/tracing.py). `info` knows
+    this factory, so its direct path stays open: it adds the same fields itself.
+    """
+    factory = _Stamping(logging.getLogRecordFactory(), stamp)
+    logging.setLogRecordFactory(factory)
+    return lambda: logging.setLogRecordFactory(factory.previous)
+
+
 def _sole_turn_handler(logger: logging.Logger) -> TurnBufferedHandler | None:
     """The `TurnBufferedHandler` that alone would write an INFO line of `logger`, or None.
 
     None too when the line would not be buffered on this thread, or when something else could act
-    on the record: a filter, or a record factory.
+    on the record: a filter, or a record factory other than `stamp_records`' over logging's own.
     """
-    if logger.filters or logging.getLogRecordFactory() is not logging.LogRecord:
+    factory = logging.getLogRecordFactory()
+    if logger.filters or (
+        factory is not logging.LogRecord
+        and not (isinstance(factory, _Stamping) and factory.previous is logging.LogRecord)
+    ):
         return None
     found: logging.Handler | None = None
     current: logging.Logger | None = logger
@@ -205,8 +235,9 @@ def info(logger: logging.Logger, msg: str, fields: Mapping[str, object]) -> None
     The API logs every event it accepts, and logging's machinery (a record of some twenty
     attributes, the handler's lookups and locks) cost more than the line itself. When the line
     would reach exactly one `TurnBufferedHandler`, buffering on this thread, with no filter and no
-    record factory on the way (tracing installs one, for the span's ids), it is formatted from
-    `fields` and buffered at once; otherwise it goes through `logger.info` as usual.
+    record factory on the way but `stamp_records`' (whose fields it adds itself: tracing's span
+    ids), it is formatted from `fields` and buffered at once; otherwise it goes through
+    `logger.info` as usual.
     """
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -215,6 +246,11 @@ def info(logger: logging.Logger, msg: str, fields: Mapping[str, object]) -> None
     if handler is None or not isinstance(formatter, FieldsFormatter):
         logger.info(msg, extra=fields)
         return
+    factory = logging.getLogRecordFactory()
+    if isinstance(factory, _Stamping):
+        stamped = factory.stamp()
+        if stamped:
+            fields = {**fields, **stamped}
     handler.buffer_info(formatter, logger.name, msg, fields)
 
 

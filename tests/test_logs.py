@@ -127,3 +127,33 @@ def test_the_direct_info_line_steps_aside_for_a_record_factory_and_a_filter() ->
     stream, handler, logger = _buffered()
     handler.addFilter(lambda record: record.getMessage() != "event received")
     assert _line_both_ways(handler, logger, stream) == []
+
+
+class _RecordCounting(TurnBufferedHandler):
+    """The handler, counting the records it is handed."""
+
+    records = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records += 1
+        super().emit(record)
+
+
+def test_the_direct_info_line_carries_stamped_span_ids_without_a_record() -> None:
+    """Under `stamp_records` (tracing's span ids), `logs.info` still skips the record and adds the ids."""
+    stream, _, logger = _buffered()
+    handler = _RecordCounting(stream)
+    handler.setFormatter(JSONFormatter())
+    logger.handlers[:] = [handler]
+    ids = {"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331"}
+    undo = logs.stamp_records(lambda: ids)
+    try:
+        through_logging, direct = _line_both_ways(handler, logger, stream)
+    finally:
+        undo()
+    assert logging.getLogRecordFactory() is logging.LogRecord
+    assert direct.pop("ts") >= through_logging.pop("ts")
+    assert direct == through_logging
+    assert direct["trace_id"] == ids["trace_id"]
+    assert direct["span_id"] == ids["span_id"]
+    assert handler.records == 1  # only `logger.info` made a record: `logs.info` wrote its line directly
