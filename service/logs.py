@@ -199,13 +199,14 @@ def stamp_records(stamp: Callable[[], dict[str, str]]) -> Callable[[], None]:
     return lambda: logging.setLogRecordFactory(factory.previous)
 
 
-def _sole_turn_handler(logger: logging.Logger) -> TurnBufferedHandler | None:
+def _sole_turn_handler(
+    logger: logging.Logger, factory: Callable[..., logging.LogRecord]
+) -> TurnBufferedHandler | None:
     """The `TurnBufferedHandler` that alone would write an INFO line of `logger`, or None.
 
     None too when the line would not be buffered on this thread, or when something else could act
-    on the record: a filter, or a record factory other than `stamp_records`' over logging's own.
+    on the record: a filter, or a record `factory` other than `stamp_records`' over logging's own.
     """
-    factory = logging.getLogRecordFactory()
     if logger.filters or (
         factory is not logging.LogRecord
         and not (isinstance(factory, _Stamping) and factory.previous is logging.LogRecord)
@@ -241,12 +242,12 @@ def info(logger: logging.Logger, msg: str, fields: Mapping[str, object]) -> None
     """
     if not logger.isEnabledFor(logging.INFO):
         return
-    handler = _sole_turn_handler(logger)
+    factory = logging.getLogRecordFactory()
+    handler = _sole_turn_handler(logger, factory)
     formatter = handler.formatter if handler is not None else None
     if handler is None or not isinstance(formatter, FieldsFormatter):
         logger.info(msg, extra=fields)
         return
-    factory = logging.getLogRecordFactory()
     if isinstance(factory, _Stamping):
         stamped = factory.stamp()
         if stamped:

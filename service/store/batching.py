@@ -176,6 +176,9 @@ class JoinedScriptBatcher(ScriptBatcher):
 
     def _commands(self, batch: list[_Call]) -> list[tuple[Any, ...]]:
         """One EVALSHA for the batch: every call's keys, then every call's args."""
+        if len(batch) == 1:  # one request at a time: the usual case at low load
+            keys, args, _ = batch[0]
+            return [("EVALSHA", self.sha, len(keys), *keys, *args)]
         keys = [key for call_keys, _, _ in batch for key in call_keys]
         args = [arg for _, call_args, _ in batch for arg in call_args]
         return [("EVALSHA", self.sha, len(keys), *keys, *args)]
@@ -188,4 +191,6 @@ class JoinedScriptBatcher(ScriptBatcher):
         size = self.reply_size
         if len(reply) != size * len(batch):
             raise ResponseError(f"the script answered {len(reply)} entries for {len(batch)} calls")
+        if len(batch) == 1:
+            return [reply]
         return [reply[i : i + size] for i in range(0, len(reply), size)]
