@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.bodies import signed
 from benchmarks.loader import Loader
+from benchmarks.otlp_sink import OtlpSink
 from benchmarks.stack import Proc, service_env, start_redis, wait_for_port
 from benchmarks.wrk_load import find_wrk
 from service.api.ingest import PATH
@@ -50,8 +51,12 @@ def _argv(kind: str, out: Path) -> list[str]:
     ]
 
 
-def instructions(kind: str, requests: int, work: Path, wrk: str) -> int:
-    """Every instruction the server ran from start to exit, with `requests` events posted meanwhile."""
+def instructions(kind: str, requests: int, work: Path, wrk: str, *, otlp_endpoint: str | None = None) -> int:
+    """Every instruction the server ran from start to exit, with `requests` events posted meanwhile.
+
+    With `otlp_endpoint`, tracing is on and every span is exported there: its export at exit, of the
+    spans still waiting, is counted too.
+    """
     work.mkdir(parents=True)
     redis = start_redis(work / "redis")
     try:
@@ -59,7 +64,8 @@ def instructions(kind: str, requests: int, work: Path, wrk: str) -> int:
         if requests:
             loader.prepare("events", signed("events", requests))
         port = free_port()
-        env = service_env(redis.url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()))
+        tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint} if otlp_endpoint else {}
+        env = service_env(redis.url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()), **tracing)
         server = Proc("server", _argv(kind, work), env, work).start()
         try:
             wait_for_port(port, server, timeout_s=_START_S)
@@ -87,17 +93,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--kind", choices=["ours", "raw", "naive"], default="ours")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="ours only: also count it with tracing on, exporting every span to a sink that discards",
+    )
     args = parser.parse_args(argv)
     wrk = find_wrk(install=True)
     if wrk is None or shutil.which("valgrind") is None:
         raise SystemExit("bench-instructions needs wrk and valgrind: apt-get install wrk valgrind")
+    if args.tracing and args.kind != "ours":
+        raise SystemExit("--tracing: only our server traces (--kind ours)")
     with tempfile.TemporaryDirectory(prefix="oa-instructions-") as tmp:
-        idle = instructions(args.kind, 0, Path(tmp) / "idle", wrk)
-        loaded = instructions(args.kind, args.requests, Path(tmp) / "loaded", wrk)
-    per_request = (loaded - idle) / args.requests
-    counted = f"{args.requests:,} requests; start-up and exit {idle:,}"
-    print(f"{args.kind}: {per_request:,.0f} instructions per request ({counted})")
+        off = _per_request(args.kind, args.requests, Path(tmp) / "off", wrk)
+        print(f"{args.kind}: {off:,.0f} instructions per request ({args.requests:,} requests)")
+        if args.tracing:
+            sink = OtlpSink()
+            try:
+                on = _per_request(
+                    args.kind, args.requests, Path(tmp) / "on", wrk, otlp_endpoint=sink.endpoint
+                )
+                spans = sink.spans()
+            finally:
+                sink.stop()
+            ratio = f"{on / off:.2f} x off"
+            print(f"{args.kind}, tracing on: {on:,.0f} instructions per request, {ratio} ({spans:,} spans)")
     return 0
+
+
+def _per_request(
+    kind: str, requests: int, work: Path, wrk: str, *, otlp_endpoint: str | None = None
+) -> float:
+    """Instructions per request: a run with `requests` events, less one with none (start-up and exit)."""
+    idle = instructions(kind, 0, work / "idle", wrk, otlp_endpoint=otlp_endpoint)
+    loaded = instructions(kind, requests, work / "loaded", wrk, otlp_endpoint=otlp_endpoint)
+    return (loaded - idle) / requests
 
 
 if __name__ == "__main__":

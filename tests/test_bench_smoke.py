@@ -82,11 +82,18 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
     shutil.which("valgrind") is None or shutil.which("wrk") is None, reason="needs valgrind and wrk"
 )
 def test_instructions_per_request_are_counted() -> None:
-    """`make bench-instructions` runs the API under callgrind twice and prints a count per request."""
-    command = [sys.executable, "-m", "benchmarks.instructions", "--requests", "200"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    """`make bench-instructions` counts a request under callgrind, tracing off and on (all spans exported)."""
+    command = [sys.executable, "-m", "benchmarks.instructions", "--requests", "200", "--tracing"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     match = re.search(r"ours: ([\d,]+) instructions per request \(200 requests", done.stdout)
     assert match, done.stdout
     # A request is hundreds of thousands of instructions; a count near zero means nothing was measured.
-    assert 50_000 < int(match.group(1).replace(",", "")) < 50_000_000
+    off = int(match.group(1).replace(",", ""))
+    assert 50_000 < off < 50_000_000
+    traced = re.search(
+        r"ours, tracing on: ([\d,]+) instructions per request, .* \(([\d,]+) spans\)", done.stdout
+    )
+    assert traced, done.stdout
+    assert int(traced.group(1).replace(",", "")) > off
+    assert traced.group(2) == "200"  # one SERVER span per request, all exported by the exit
