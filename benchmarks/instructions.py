@@ -34,6 +34,14 @@ from service.api.ingest import PATH
 from tests.processes import compose_command
 from tests.redis_server import free_port
 
+# --tracing: every request sampled, then the sampler docs/tracing.md suggests for a busy receiver.
+_TRACED = (
+    ("tracing on", {}),
+    (
+        "tracing on, 1 in 10 sampled",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+    ),
+)
 _COLLECTED = re.compile(r"Collected : ([\d,]+)")
 # Start-up under callgrind takes about 30 s on the development machine.
 _START_S = 300
@@ -51,11 +59,13 @@ def _argv(kind: str, out: Path) -> list[str]:
     ]
 
 
-def instructions(kind: str, requests: int, work: Path, wrk: str, *, otlp_endpoint: str | None = None) -> int:
+def instructions(
+    kind: str, requests: int, work: Path, wrk: str, *, otel: dict[str, str] | None = None
+) -> int:
     """Every instruction the server ran from start to exit, with `requests` events posted meanwhile.
 
-    With `otlp_endpoint`, tracing is on and every span is exported there: its export at exit, of the
-    spans still waiting, is counted too.
+    `otel`: OTEL_* variables that turn tracing on; the export at exit of the spans still waiting is
+    counted too.
     """
     work.mkdir(parents=True)
     redis = start_redis(work / "redis")
@@ -64,8 +74,7 @@ def instructions(kind: str, requests: int, work: Path, wrk: str, *, otlp_endpoin
         if requests:
             loader.prepare("events", signed("events", requests))
         port = free_port()
-        tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint} if otlp_endpoint else {}
-        env = service_env(redis.url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()), **tracing)
+        env = service_env(redis.url, OA_PORT=str(port), OA_ADMIN_PORT=str(free_port()), **(otel or {}))
         server = Proc("server", _argv(kind, work), env, work).start()
         try:
             wait_for_port(port, server, timeout_s=_START_S)
@@ -96,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tracing",
         action="store_true",
-        help="ours only: also count it with tracing on, exporting every span to a sink that discards",
+        help="ours only: then with tracing on, every request sampled, exporting to a sink that discards",
+    )
+    parser.add_argument(
+        "--sampled", action="store_true", help="with --tracing: then with 1 request in 10 sampled"
     )
     args = parser.parse_args(argv)
     wrk = find_wrk(install=True)
@@ -110,23 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.tracing:
             sink = OtlpSink()
             try:
-                on = _per_request(
-                    args.kind, args.requests, Path(tmp) / "on", wrk, otlp_endpoint=sink.endpoint
-                )
-                spans = sink.spans()
+                for label, sampler in _TRACED[: 2 if args.sampled else 1]:
+                    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, **sampler}
+                    on = _per_request(args.kind, args.requests, Path(tmp) / label, wrk, otel=otel)
+                    spans = sink.take()[2]
+                    ratio = f"{on / off:.2f} x off"
+                    print(
+                        f"{args.kind}, {label}: {on:,.0f} instructions per request, {ratio} ({spans:,} spans)"
+                    )
             finally:
                 sink.stop()
-            ratio = f"{on / off:.2f} x off"
-            print(f"{args.kind}, tracing on: {on:,.0f} instructions per request, {ratio} ({spans:,} spans)")
     return 0
 
 
 def _per_request(
-    kind: str, requests: int, work: Path, wrk: str, *, otlp_endpoint: str | None = None
+    kind: str, requests: int, work: Path, wrk: str, *, otel: dict[str, str] | None = None
 ) -> float:
     """Instructions per request: a run with `requests` events, less one with none (start-up and exit)."""
-    idle = instructions(kind, 0, work / "idle", wrk, otlp_endpoint=otlp_endpoint)
-    loaded = instructions(kind, requests, work / "loaded", wrk, otlp_endpoint=otlp_endpoint)
+    idle = instructions(kind, 0, work / "idle", wrk, otel=otel)
+    loaded = instructions(kind, requests, work / "loaded", wrk, otel=otel)
     return (loaded - idle) / requests
 
 
