@@ -81,6 +81,7 @@ def test_smoke_run_loses_nothing_and_runs_nothing_twice(tmp_path: Path, loadgen:
 @pytest.mark.skipif(
     shutil.which("valgrind") is None or shutil.which("wrk") is None, reason="needs valgrind and wrk"
 )
+@pytest.mark.timeout(600)  # four servers under callgrind, each about half a minute to start and stop
 def test_instructions_per_request_are_counted() -> None:
     """`make bench-instructions` counts a request under callgrind, tracing off and on (all spans exported)."""
     command = [sys.executable, "-m", "benchmarks.instructions", "--requests", "200", "--tracing"]
