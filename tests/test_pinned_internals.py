@@ -27,17 +27,23 @@ from arq.worker import Worker, func
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from service.api.app import ReceiverApp, create_app
 from service.api.envelope import parse_envelope
+from service.api.ingest import PATH
 from service.api.server import GuardedHttpToolsProtocol
+from service.api.signature import SIGNATURE_HEADER
+from service.api.state import open_runtime
 from service.store import queue
 from service.store.ledger import Ledger
-from tests.conftest import envelope, make_settings
+from tests.conftest import SECRET, envelope, make_settings, signed_headers
+from tests.redis_server import free_port
 from workers import Context, Event, on
 from workers.runtime.main import build_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from redis import Redis
     from starlette.types import Receive, Scope, Send
 
 # What GuardedHttpToolsProtocol calls or overrides on uvicorn's class.
@@ -265,6 +271,7 @@ class _Wire(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.served_by: set[str] = set()  # what the request tasks ran: uvicorn's run_asgi, or ours
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Keep what the server sends."""
@@ -311,10 +318,22 @@ class _Echo:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _exchange(protocol_class: type[HttpToolsProtocol], chunks: list[bytes]) -> _Wire:
-    """Feed `chunks` to a new connection of `protocol_class`, each once the app waits for more or is done."""
+def _coroutine_name(task: asyncio.Task[Any]) -> str:
+    coroutine = task.get_coro()
+    assert inspect.iscoroutine(coroutine)
+    return f"{coroutine.cr_code.co_filename.rsplit('/', 1)[-1]}:{coroutine.__qualname__}"
+
+
+async def _exchange(
+    protocol_class: type[HttpToolsProtocol], chunks: list[bytes], *, webhook: ReceiverApp | None = None
+) -> _Wire:
+    """Feed `chunks` to a new connection of `protocol_class`, each once the app waits for more or is done.
+
+    The app is `_Echo`, or with `webhook`, our own app, whose webhook needs Redis to answer.
+    """
     app = _Echo()
-    config = uvicorn.Config(app, ws="none", log_config=None)
+    # As service/api/listeners.py configures it: no proxy-headers middleware around the app.
+    config = uvicorn.Config(webhook or app, ws="none", log_config=None, proxy_headers=webhook is None)
     config.load()
     state = ServerState()
     loop = asyncio.get_running_loop()
@@ -324,8 +343,12 @@ async def _exchange(protocol_class: type[HttpToolsProtocol], chunks: list[bytes]
     try:
         for chunk in chunks:
             protocol.data_received(chunk)
+            wire.served_by |= {_coroutine_name(task) for task in state.tasks}
             # The app's cycles run (a pipelined one is started by the one before) until it needs bytes.
-            await _until(lambda: not state.tasks or app.in_receive, timeout_s=5, what="the app to answer")
+            if webhook is None:
+                await _until(lambda: not state.tasks or app.in_receive, timeout_s=5, what="the app to answer")
+            else:  # whether it waits or not, the same bytes come out; this only orders them as a client would
+                await asyncio.sleep(0.05)
         await _until(lambda: not state.tasks, timeout_s=5, what="every response")
     finally:
         protocol.connection_lost(None)
@@ -372,3 +395,103 @@ async def test_uvicorn_writes_a_response_through_cycle_transport() -> None:
         "uvicorn no longer writes a response through cycle.transport: service/api/server.py's "
         "_HeadJoinsBody sees no write"
     )
+
+
+def _webhook_post(body: bytes, *, head: bytes = b"", secret: str = SECRET, version: bytes = b"1.1") -> bytes:
+    """A signed webhook request, with `head`'s extra header lines.
+
+    A `transfer-encoding` in `head` replaces the content-length (the body must then be chunked already).
+    """
+    signature = signed_headers(body, secret)[SIGNATURE_HEADER].encode()
+    length = b"" if b"transfer-encoding" in head else b"content-length: %d\r\n" % len(body)
+    return (
+        b"POST "
+        + PATH.encode()
+        + b" HTTP/"
+        + version
+        + b"\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + SIGNATURE_HEADER.encode()
+        + b": "
+        + signature
+        + b"\r\n"
+        + length
+        + head
+        + b"\r\n"
+        + body
+    )
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+
+_EVENT = envelope("evt_wire", "lead.paid", lead_id=7)
+_ACCEPTED = _webhook_post(_EVENT)
+_LARGE = b'{"id": "evt_large", "type": "lead.paid", "payload": {"note": "' + b"x" * 2000 + b'"}}'
+WEBHOOK_TRAFFIC = {
+    "accepted": [_ACCEPTED],
+    "a redelivery, pipelined behind the first": [_ACCEPTED + _ACCEPTED],
+    "a body in two reads": [_ACCEPTED[:-10], _ACCEPTED[-10:]],
+    "expect 100-continue": [
+        _ACCEPTED[: -len(_EVENT)].replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n"),
+        _EVENT,
+    ],
+    "a chunked body": [_webhook_post(_chunked(_EVENT), head=b"transfer-encoding: chunked\r\n")],
+    "HTTP/1.0": [_webhook_post(_EVENT, version=b"1.0")],
+    "connection: close": [_webhook_post(_EVENT, head=b"connection: close\r\n")],
+    "a bad signature": [_webhook_post(_EVENT, secret="whsec_not_the_configured_one_00")],
+    "malformed JSON": [_webhook_post(b'{"id": "evt_bad",')],
+    "an invalid envelope": [_webhook_post(b'{"id": "evt_bad", "type": "lead.paid"}')],
+    "a declared body too large": [
+        _ACCEPTED.replace(b"content-length: %d" % len(_EVENT), b"content-length: 5000")
+    ],
+    "a streamed body too large": [
+        _webhook_post(_chunked(_LARGE), head=b"transfer-encoding: chunked\r\n")[:-5],
+    ],
+    "a query string": [_ACCEPTED.replace(PATH.encode(), PATH.encode() + b"?from=test", 1)],
+}
+
+
+_RUN_ASGI = "httptools_impl.py:RequestResponseCycle.run_asgi"
+
+
+@pytest.mark.parametrize("traffic", WEBHOOK_TRAFFIC)
+@pytest.mark.parametrize("redis_up", [True, False], ids=["redis up", "redis down"])
+async def test_the_webhook_served_straight_from_our_protocol_is_what_asgi_would_send(
+    redis_url: str, redis_sync: Redis, traffic: str, *, redis_up: bool
+) -> None:
+    """service/api/direct.py's answer to a webhook is, byte for byte, uvicorn's to our ASGI app."""
+    url = redis_url if redis_up else f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(url, OA_MAX_BODY_BYTES=1024, OA_REDIS_TIMEOUT_S=0.5)
+    wires: list[_Wire] = []
+    async with open_runtime(settings) as runtime:
+        for protocol_class in (HttpToolsProtocol, GuardedHttpToolsProtocol):
+            redis_sync.flushdb()
+            app = create_app(settings, runtime=runtime)
+            assert isinstance(app, ReceiverApp)
+            app.state.runtime = runtime  # what its lifespan would set
+            wires.append(await _exchange(protocol_class, WEBHOOK_TRAFFIC[traffic], webhook=app))
+    stock, direct = wires
+    assert stock.writes, "uvicorn answered nothing: the exchange did not run"
+    assert b"".join(direct.writes) == b"".join(stock.writes)
+    assert direct.closed == stock.closed
+    assert stock.served_by == {_RUN_ASGI}
+    assert direct.served_by == {"direct.py:run"}
+
+
+async def test_the_webhook_answer_leaves_in_one_write(redis_url: str) -> None:
+    """Over ASGI uvicorn writes the head and the body apart; served straight, the answer is one write."""
+    settings = make_settings(redis_url)
+    async with open_runtime(settings) as runtime:
+        app = create_app(settings, runtime=runtime)
+        assert isinstance(app, ReceiverApp)
+        app.state.runtime = runtime
+        stock = await _exchange(HttpToolsProtocol, [_webhook_post(envelope("evt_w1"))], webhook=app)
+        direct = await _exchange(GuardedHttpToolsProtocol, [_webhook_post(envelope("evt_w2"))], webhook=app)
+    assert [w.split(b"\r\n", 1)[0] for w in stock.writes] == [
+        b"HTTP/1.1 202 Accepted",
+        b'{"status":"accepted","id":"evt_w1"}',
+    ]
+    assert len(direct.writes) == 1
+    assert direct.writes[0].startswith(b"HTTP/1.1 202 Accepted\r\n")
+    assert direct.writes[0].endswith(b'\r\n\r\n{"status":"accepted","id":"evt_w2"}')

@@ -285,16 +285,16 @@ async def test_the_webhook_span_says_what_became_of_each_request(
             "scheme": "http",
             "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         }
-        sent: list[dict[str, Any]] = []
+        answered: list[ingest.Reply] = []
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
+        async def answer(reply: ingest.Reply) -> None:
+            answered.append(reply)
 
-        await ingest.receive_webhook(runtime, scope, receive, send, tracer=tracer)
-        return int(sent[0]["status"])
+        await ingest.receive_webhook(runtime, scope, receive, answer, tracer=tracer)
+        return answered[0].status
 
     async with open_runtime(make_settings(redis_url)) as runtime:
         assert await post(runtime, signed_headers(body)) == 202

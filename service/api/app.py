@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -18,7 +19,7 @@ from service.api.state import attach_runtime
 from service.ops import monitoring
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 
     from opentelemetry.trace import Tracer
     from starlette.requests import Request
@@ -53,26 +54,29 @@ class ReceiverApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The webhook goes straight to `ingest.receive_webhook`; everything else through FastAPI."""
         if scope["type"] == "http" and scope["path"] == ingest.PATH and scope["method"] == "POST":
-            await _webhook(self, scope, receive, send)
+            await serve_webhook(self, scope, receive, partial(ingest.send_reply, send))
         else:
             await super().__call__(scope, receive, send)
 
 
-async def _webhook(app: ReceiverApp, scope: Scope, receive: Receive, send: Send) -> None:
+async def serve_webhook(
+    app: ReceiverApp, scope: Scope, receive: Receive, answer: Callable[[ingest.Reply], Awaitable[None]]
+) -> None:
+    """The webhook, over ASGI or straight from our HTTP protocol (service/api/direct.py)."""
     # Without FastAPI's error middleware around it, a bug must still end in our JSON 500.
     try:
-        await ingest.receive_webhook(app.state.runtime, scope, receive, send, tracer=app.tracer)
+        await ingest.receive_webhook(app.state.runtime, scope, receive, answer, tracer=app.tracer)
     except Exception:
         log.exception("unexpected error in the webhook endpoint")
-        reply = ingest.Reply(500, ingest.error_body("internal_error", "the request could not be processed"))
-        await ingest.send_reply(send, reply)
+        detail = "the request could not be processed"
+        await answer(ingest.Reply(500, ingest.error_body("internal_error", detail)))
 
 
 class _WebhookRoute:
     """The endpoint for the router: FastAPI answers its other methods with 405."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _webhook(scope["app"], scope, receive, send)
+        await serve_webhook(scope["app"], scope, receive, partial(ingest.send_reply, send))
 
 
 # FastAPI's own handlers answer in its shape; these answer in ours.

@@ -33,6 +33,8 @@ from service.store.ledger import Accepted, Outcome
 from service.tracing import WebhookSpan
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from opentelemetry.trace import Tracer
     from starlette.types import Receive, Scope, Send
 
@@ -187,32 +189,46 @@ _CONTENT_TYPE = (b"content-type", b"application/json")
 _ANSWERED: dict[int, Any] = {}
 
 
+def count_answer(status: int) -> None:
+    """Count one answer in `oa_webhooks_http_requests_total`."""
+    counter = _ANSWERED.get(status)
+    if counter is None:
+        counter = _ANSWERED[status] = REQUESTS.labels(str(status))
+    counter.inc()
+
+
 async def send_reply(send: Send, reply: Reply) -> None:
-    """Write the answer and count it in `oa_webhooks_http_requests_total`."""
+    """Write the answer as ASGI messages, and count it."""
     headers = [_CONTENT_TYPE, (b"content-length", b"%d" % len(reply.body))]
     if reply.headers:
         headers += [(name.lower().encode(), value.encode()) for name, value in reply.headers.items()]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
-    counter = _ANSWERED.get(reply.status)
-    if counter is None:
-        counter = _ANSWERED[reply.status] = REQUESTS.labels(str(reply.status))
-    counter.inc()
+    count_answer(reply.status)
 
 
 async def receive_webhook(
-    runtime: Runtime, scope: Scope, receive: Receive, send: Send, *, tracer: Tracer | None = None
+    runtime: Runtime,
+    scope: Scope,
+    receive: Receive,
+    answer: Callable[[Reply], Awaitable[None]],
+    *,
+    tracer: Tracer | None = None,
 ) -> None:
-    """The endpoint: run the steps in order and turn a refusal into its JSON error; traced with `tracer`."""
+    """The endpoint: run the steps in order and `answer` (a refusal as its JSON error); traced with `tracer`.
+
+    `answer` is `send_reply` over ASGI, or, served straight from our HTTP protocol, one write of the
+    whole response (service/api/direct.py).
+    """
     if tracer is None:
-        await send_reply(send, await _steps(runtime, scope, receive, None))
+        await answer(await _steps(runtime, scope, receive, None))
         return
     traced = WebhookSpan(tracer, scope, PATH)
     # Current while the steps run, so that their log lines carry its ids; it ends after the answer (a
-    # bug's exception is recorded on it before `app._webhook` answers 500).
+    # bug's exception is recorded on it before `app.serve_webhook` answers 500).
     with trace.use_span(traced.span, end_on_exit=True):
         reply = await _steps(runtime, scope, receive, traced)
-        await send_reply(send, reply)
+        await answer(reply)
         traced.answered(reply.status)
 
 

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api import direct
 from service.api.ingest import error_body
 from service.ops.metrics import REQUESTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from uvicorn._types import ASGI3Application
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 _log = logging.getLogger("oa.api")
@@ -130,8 +132,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_open = True
         self._disarm()
         super().on_headers_complete()
-        if method != b"HEAD":  # a HEAD answer has no body write to join its head to
+        # A HEAD answer has no body write to join its head to; the webhook's is written whole.
+        if method != b"HEAD" and not direct.serves(self.app, self.scope):
             self.cycle.transport = _HeadJoinsBody(self.transport, self.cycle)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """The webhook's POST runs straight from here (service/api/direct.py); the rest as ASGI."""
+        if not direct.serves(app, cycle.scope) or self.config.reset_contextvars:
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(direct.run(cycle, app))  # type: ignore[arg-type]
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def on_message_complete(self) -> None:
         """The body is complete: stop its clock."""
