@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -16,15 +18,26 @@ from service.api.envelope import parse_envelope
 from service.store import queue
 from service.store.ledger import ACCEPT_BATCH, TIME_INDEX_KEY, Ledger, Outcome, event_key, minute_stats_key
 from tests.conftest import envelope
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 
 
-@pytest.fixture
-async def ledger(redis_url: str) -> AsyncIterator[Ledger]:
-    """A ledger on the test Redis."""
-    redis: AsyncRedis = queue.connect(redis_url, timeout_s=2)
-    yield Ledger(redis, queue_expiry_ms=60_000, retention_s=3600)
-    await redis.aclose()
+def _ledger(url: str, *, pipelined: bool, timeout_s: float = 2) -> Ledger:
+    """A ledger as a worker makes it, or `pipelined` as the API does (a client without read timeouts)."""
+    redis: AsyncRedis = queue.connect(url, timeout_s=timeout_s, read_timeouts=not pipelined)
+    return Ledger(redis, queue_expiry_ms=60_000, retention_s=3600, timeout_s=timeout_s, pipelined=pipelined)
+
+
+async def _close(ledger: Ledger) -> None:
+    await ledger.aclose()
+    await ledger.redis.aclose()
+
+
+@pytest.fixture(params=[False, True], ids=["pooled", "pipelined"])
+async def ledger(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    """A ledger on the test Redis: a pooled connection per batch, or one for all (store/pipeline.py)."""
+    ledger = _ledger(redis_url, pipelined=request.param)
+    yield ledger
+    await _close(ledger)
 
 
 async def _accept(ledger: Ledger, body: bytes) -> Outcome:
@@ -50,15 +63,16 @@ async def test_a_flushed_script_cache_is_reloaded(ledger: Ledger, redis_sync: Re
     assert await _accept(ledger, envelope("evt_a")) is Outcome.DUPLICATE
 
 
-async def test_redis_errors_reach_every_caller() -> None:
+@pytest.mark.parametrize("pipelined", [False, True], ids=["pooled", "pipelined"])
+async def test_redis_errors_reach_every_caller(*, pipelined: bool) -> None:
     """With Redis unreachable, every caller of the batch gets the connection error."""
-    redis: AsyncRedis = queue.connect(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
-    ledger = Ledger(redis, queue_expiry_ms=60_000, retention_s=3600)
-    results = await asyncio.gather(
-        *(_accept(ledger, envelope(f"e{i}")) for i in range(3)), return_exceptions=True
-    )
-    assert all(isinstance(r, RedisConnectionError) for r in results), results
-    await redis.aclose()
+    ledger = _ledger(f"redis://127.0.0.1:{free_port()}/0", pipelined=pipelined, timeout_s=0.5)
+    for _ in range(2):  # the second round finds the pipeline's own attempt to connect failed too
+        results = await asyncio.gather(
+            *(_accept(ledger, envelope(f"e{i}")) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+    await _close(ledger)
 
 
 async def test_a_joined_batch_stores_what_its_calls_would_one_by_one(
@@ -138,3 +152,75 @@ async def test_a_full_batch_leaves_at_once(ledger: Ledger, redis_sync: Redis) ->
     outcomes = await asyncio.gather(*(_accept(ledger, envelope(f"evt_{i}")) for i in range(count)))
     assert outcomes == [Outcome.ACCEPTED] * count
     assert int(redis_sync.info("commandstats")["cmdstat_evalsha"]["calls"]) == 3
+
+
+async def _warm(ledger: Ledger) -> None:
+    """Accept until the pipeline's own connection is ready (the first batch goes another way meanwhile)."""
+    for i in range(50):
+        await _accept(ledger, envelope(f"evt_warm_{i}"))
+        await asyncio.sleep(0.01)
+
+
+async def test_pipelined_batches_share_one_connection(redis_url: str, redis_sync: Redis) -> None:
+    """Once its connection is made, 400 accepts in 10 rounds open no other connection to Redis."""
+    ledger = _ledger(redis_url, pipelined=True)
+    try:
+        await _warm(ledger)
+        redis_sync.config_resetstat()
+        opened = int(redis_sync.info("stats")["total_connections_received"])
+        for round_ in range(10):
+            bodies = [envelope(f"evt_{round_}_{i}") for i in range(40)]
+            assert await asyncio.gather(*(_accept(ledger, b) for b in bodies)) == [Outcome.ACCEPTED] * 40
+        assert int(redis_sync.info("stats")["total_connections_received"]) == opened
+        assert int(redis_sync.info("commandstats")["cmdstat_evalsha"]["calls"]) == 10 * 3  # 16 + 16 + 8
+    finally:
+        await _close(ledger)
+
+
+async def test_a_pipelined_batch_whose_connection_redis_closed_runs_again_once(
+    redis_url: str, redis_sync: Redis
+) -> None:
+    """Batches written to a connection Redis just closed run again on a new one: all stored, once each."""
+    ledger = _ledger(redis_url, pipelined=True)
+    try:
+        for round_ in range(5):
+            await _warm(ledger)
+            # Every connection but this one; no await in between: the pipeline cannot have noticed yet.
+            assert redis_sync.client_kill_filter(_type="normal", skipme=True) >= 1
+            bodies = [envelope(f"evt_{round_}_{i}") for i in range(40)]
+            assert await asyncio.gather(*(_accept(ledger, b) for b in bodies)) == [Outcome.ACCEPTED] * 40
+        queued = redis_sync.zrange(queue.QUEUE_NAME, 0, -1)
+        assert len([q for q in queued if not q.startswith(b"evt_warm")]) == 5 * 40
+    finally:
+        await _close(ledger)
+
+
+async def test_a_frozen_redis_fails_pipelined_batches_in_time_and_the_next_ones_recover(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP: every waiting caller fails after the timeout, none hangs; after SIGCONT, accepts work."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    ledger = _ledger(server.url, pipelined=True, timeout_s=0.5)
+    try:
+        await _warm(ledger)
+        server.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        bodies = [envelope(f"evt_frozen_{i}") for i in range(40)]
+        results = await asyncio.gather(*(_accept(ledger, b) for b in bodies), return_exceptions=True)
+        waited_s = time.monotonic() - started
+        server.signal(signal.SIGCONT)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert 0.4 < waited_s < 3
+        # The sender retries: each is stored once, whether Redis ran it when it woke or runs it now.
+        again = await asyncio.gather(*(_accept(ledger, b) for b in bodies))
+        assert set(again) <= {Outcome.ACCEPTED, Outcome.DUPLICATE}
+        assert await _accept(ledger, envelope("evt_after")) is Outcome.ACCEPTED
+        with server.client() as client:
+            assert (
+                len([q for q in client.zrange(queue.QUEUE_NAME, 0, -1) if q.startswith(b"evt_frozen")]) == 40
+            )
+    finally:
+        server.signal(signal.SIGCONT)
+        await _close(ledger)
+        server.stop()

@@ -1,12 +1,14 @@
-"""The private parts of uvicorn and arq that we subclass or override still exist, and still behave.
+"""The private parts of uvicorn, redis-py and arq that we use or override still exist, and still behave.
 
-service/api/server.py subclasses uvicorn's `HttpToolsProtocol` (its own `data_received`, and a
-`cycle.transport` that joins a response's head to its body); workers/runtime/main.py overrides arq's
-`Worker.start_jobs` (against arq's semaphore and job counter) and `record_health`; service/store/queue.py
-writes arq's job encoding itself. pyproject.toml pins both to the minor version these tests cover,
-and make install installs the locks. An upgrade that drops one of these names fails here, naming
-it; one that changes what they do fails the behaviour tests below, instead of breaking the
-head/body guards, the claim path or every job at run time.
+service/api/server.py subclasses uvicorn's `HttpToolsProtocol` (its own `data_received`, a
+`cycle.transport` that joins a response's head to its body, and its own `_start_asgi_task`);
+service/store/pipeline.py writes through a redis-py connection's `_writer`; workers/runtime/main.py
+overrides arq's `Worker.start_jobs` (against arq's semaphore and job counter) and `record_health`;
+service/store/queue.py writes arq's job encoding itself. pyproject.toml pins uvicorn and arq to the
+minor version these tests cover (redis-py below 6, as arq needs), and make install installs the
+locks. An upgrade that drops one of these names fails here, naming it; one that changes what they do
+fails the behaviour tests below, instead of breaking the head/body guards, the claim path or every
+job at run time.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ PROTOCOL_METHODS = (
     "on_message_complete",
     "_unset_keepalive_if_required",
     "_unsupported_upgrade_warning",
+    "_start_asgi_task",
 )
 # What it reads on a live connection: on the protocol, its cycle and the server state.
 PROTOCOL_ATTRIBUTES = ("parser", "cycle", "flow", "server_state", "transport", "loop")
@@ -139,6 +142,23 @@ async def test_uvicorn_protocol_still_has_what_the_guards_use() -> None:
     finally:
         transport.close()
         theirs.close()
+
+
+async def test_a_redis_py_connection_still_writes_through_its_stream_writer(redis_url: str) -> None:
+    """service/store/pipeline.py writes a batch with the connection's `_writer.writelines`, at once."""
+    redis = queue.connect(redis_url, timeout_s=2, read_timeouts=False)
+    connection = await redis.connection_pool.get_connection()
+    try:
+        writer = getattr(connection, "_writer", None)
+        assert isinstance(writer, asyncio.StreamWriter), (
+            f"redis-py {version('redis')} connections no longer keep a `_writer`: service/store/pipeline.py "
+            "relies on it; re-read it before upgrading"
+        )
+        writer.writelines(connection.pack_commands([("PING",)]))
+        assert await connection.read_response() == b"PONG"
+    finally:
+        await redis.connection_pool.release(connection)
+        await redis.aclose()
 
 
 async def test_arq_worker_still_has_what_our_worker_overrides(redis_url: str) -> None:

@@ -47,19 +47,19 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     ingest_redis = queue.connect(
         url, timeout_s=timeout_s, sentinel=sentinel, read_timeouts=False, health_checks=False
     )
+    # Its accept batches share one connection, each written the moment it closes (pipelined).
+    ledger = Ledger(
+        ingest_redis,
+        queue_expiry_ms=settings.queue_expiry_ms,
+        retention_s=settings.retention_s,
+        timeout_s=timeout_s,
+        min_replicas=settings.redis_min_replicas,
+        pipelined=True,
+    )
     try:
-        yield Runtime(
-            settings=settings,
-            redis=redis,
-            ledger=Ledger(
-                ingest_redis,
-                queue_expiry_ms=settings.queue_expiry_ms,
-                retention_s=settings.retention_s,
-                timeout_s=timeout_s,
-                min_replicas=settings.redis_min_replicas,
-            ),
-        )
+        yield Runtime(settings=settings, redis=redis, ledger=ledger)
     finally:
+        await ledger.aclose()
         await redis.aclose()
         await ingest_redis.aclose()
 

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from service.store.pipeline import Pipeline
+
 if TYPE_CHECKING:
+    from collections.abc import Coroutine, Iterable
+
     from redis.asyncio import Redis
 
 _Call = tuple[list[Any], list[Any], "asyncio.Future[Any]"]
@@ -50,9 +56,13 @@ class ScriptBatcher:
         max_batch: int = 256,
         timeout_s: float | None = None,
         replicas: int = 0,
+        pipelined: bool = False,
     ) -> None:
         if replicas and timeout_s is None:
             raise ValueError("waiting for replicas needs a timeout_s")  # WAIT 0 would wait forever
+        if pipelined and redis.connection_pool.connection_kwargs.get("socket_timeout") is not None:
+            # Its reader waits for replies with nothing in flight: a read timeout would end it.
+            raise ValueError("a pipelined batcher needs a client without read timeouts")
         self.redis = redis
         self.timeout_s = timeout_s
         self.replicas = replicas
@@ -64,6 +74,13 @@ class ScriptBatcher:
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # set by each batch's first call
+        # `pipelined`: batches go on one connection, written at once (service/store/pipeline.py); a
+        # batch takes a pooled connection of its own only while that one is being made, or to run
+        # again after NOSCRIPT or a broken connection (see `_answer`). Never with replicas: a WAIT
+        # holds its connection until the replicas answer, and would hold back every batch behind it.
+        self._pipeline = (
+            Pipeline(redis.connection_pool, timeout_s=timeout_s) if pipelined and not replicas else None
+        )
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
         """Run the script with these keys and args, together with whatever else is waiting."""
@@ -85,9 +102,41 @@ class ScriptBatcher:
         if not self._pending or self._loop is None:
             return
         batch, self._pending = self._pending, []
-        task = self._loop.create_task(self._send(batch))
+        if self._pipeline is not None and self._pipeline.submit(
+            self._loop, self._commands(batch), partial(self._answer, batch)
+        ):
+            return
+        self._start(self._send(batch))
+
+    def _start(self, send: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(send)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+
+    def _answer(self, batch: list[_Call], replies: list[Any] | Exception) -> None:
+        """Give each caller of a pipelined batch its reply; calls that met NOSCRIPT run again.
+
+        A batch whose connection broke (Redis closed it: its idle timeout, a restart, a failover)
+        runs again on a pooled connection, which the pool checks before handing it out. That is
+        why `pipelined` is only for a script that may run twice: the accept script answers a second
+        run of an event as a duplicate, and stores it once. A batch that timed out fails.
+        """
+        if isinstance(replies, RedisConnectionError | OSError):
+            self._start(self._send(batch))
+            return
+        if isinstance(replies, Exception):
+            results: list[Any] = [replies] * len(batch)
+        else:
+            try:
+                results = self._replies(batch, replies)
+            except ResponseError as exc:
+                results = [exc] * len(batch)
+        answered = list(zip(batch, results, strict=True))
+        again = [call for call, result in answered if isinstance(result, NoScriptError)]
+        if again:
+            self._start(self._send(again))  # it loads the script first
+        self._settle((call, result) for call, result in answered if not isinstance(result, NoScriptError))
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         # What redis-py's pipeline does for a batch (one packed write, then each reply in turn, an
@@ -151,13 +200,22 @@ class ScriptBatcher:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        self._settle(zip(batch, results, strict=True))
+
+    @staticmethod
+    def _settle(answered: Iterable[tuple[_Call, Any]]) -> None:
+        for (_, _, future), result in answered:
             if future.done():  # the caller was cancelled; the write stands regardless
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def aclose(self) -> None:
+        """Close the pipelined connection (before the client's pool closes)."""
+        if self._pipeline is not None:
+            await self._pipeline.aclose()
 
 
 class JoinedScriptBatcher(ScriptBatcher):

@@ -118,11 +118,11 @@ class Accepted:
     first_sha256: str
 
 
-# An accept batch goes to Redis as soon as it holds this many calls, not only at the end of the
-# loop's turn: Redis, on another core, then runs the first scripts (and fsyncs them) while the API
-# parses the next requests. With one batch per turn, the API idled about a quarter of the time under
-# load, waiting for Redis. Interleaved runs, 64 connections: 8,900 -> 9,800 req/s with 16, about the
-# same with 12; 8 cost more CPU per request than it saved.
+# An accept batch closes as soon as it holds this many calls, not only at the end of the loop's
+# turn; pipelined (service/store/pipeline.py), it is written at once: Redis, on another core, then
+# runs the first scripts (and fsyncs them) while the API parses the next requests. Interleaved runs,
+# 64 connections: 8,900 -> 9,800 req/s with 16, about the same with 12; 8 cost more CPU per request
+# than it saved.
 ACCEPT_BATCH = 16
 
 
@@ -137,6 +137,7 @@ class Ledger:
         retention_s: int,
         timeout_s: float | None = None,
         min_replicas: int = 0,
+        pipelined: bool = False,
     ) -> None:
         self.redis = redis
         self.queue_expiry_ms = queue_expiry_ms
@@ -145,6 +146,8 @@ class Ledger:
         # `timeout_s` a batch fails with TimeoutError, and with `min_replicas`, it fails with
         # NotReplicated unless that many replicas confirmed it (`OA_REDIS_MIN_REPLICAS`).
         # A whole accept batch is one call of the accept script, which writes its counters once.
+        # `pipelined` (the API's ledger, on a client without read timeouts): the batches share one
+        # connection; call `aclose` before closing `redis`.
         self._accept = JoinedScriptBatcher(
             redis,
             load_script("service.store", "accept-11"),
@@ -152,10 +155,15 @@ class Ledger:
             max_batch=ACCEPT_BATCH,
             timeout_s=timeout_s,
             replicas=min_replicas,
+            pipelined=pipelined,
         )
         self._requeue_if_lost = ScriptBatcher(
             redis, load_script("service.store", "requeue-if-lost-5"), timeout_s=timeout_s
         )
+
+    async def aclose(self) -> None:
+        """Give back the accept pipeline's connection (`pipelined`); call before closing `redis`."""
+        await self._accept.aclose()
 
     async def accept(
         self, envelope: Envelope, body: bytes, *, secret_index: int, now_ms: int, traceparent: str = ""
