@@ -139,9 +139,11 @@ class Pipeline:
         task.add_done_callback(self._background.discard)
 
     async def _retire(self, connection: AbstractConnection) -> None:
+        # Nobody awaits this task but `aclose`: nothing may escape it.
         with contextlib.suppress(Exception):
             await connection.disconnect()
-        await self.pool.release(connection)
+        with contextlib.suppress(Exception):
+            await self.pool.release(connection)
 
     async def aclose(self) -> None:
         """Stop reading, fail what still waits, and give the connection back (before the pool closes)."""
