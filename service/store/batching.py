@@ -122,7 +122,8 @@ class ScriptBatcher:
         why `pipelined` is only for a script that may run twice: the accept script answers a second
         run of an event as a duplicate, and stores it once. A batch that timed out fails.
         """
-        if isinstance(replies, RedisConnectionError | OSError):
+        # Python's TimeoutError is an OSError: a slow Redis is not a closed connection.
+        if isinstance(replies, RedisConnectionError | OSError) and not isinstance(replies, TimeoutError):
             self._start(self._send(batch))
             return
         if isinstance(replies, Exception):
