@@ -6,9 +6,10 @@
 4. `record`            - dedup, ledger and job in one atomic Redis step (200/409, 503);
 5. `respond`           - 202 only once Redis has confirmed the write.
 
-The endpoint is a plain ASGI function, called by `service.api.app.ReceiverApp` ahead of FastAPI's
-middleware and routing: that stack cost more per request than all five steps together (see
-docs/performance.md). The HTTP server bounds how long the head and the body may take
+The endpoint runs ahead of FastAPI's middleware and routing, which cost more per request than all
+five steps together (see docs/performance.md): our HTTP protocol runs it itself and writes its answer
+in one go (service/api/direct.py); under another ASGI server, `service.api.app.ReceiverApp` calls it
+as a plain ASGI function. The HTTP server bounds how long the head and the body may take
 (service/api/server.py). With tracing on (service/tracing.py), the steps run in one SERVER span, whose
 `traceparent` `record` stores with the event; off, they run exactly as without it.
 """

@@ -2,7 +2,8 @@
 
 httptools (llhttp) is the fast parser, about four times h11's request rate here, but uvicorn's
 protocol for it reads a request head of any size and has no deadline for a head or a body. The
-subclass below adds exactly those guards. See docs/security.md.
+subclass below adds exactly those guards (see docs/security.md), and runs the webhook itself instead
+of through ASGI (service/api/direct.py).
 """
 
 from __future__ import annotations
