@@ -269,3 +269,23 @@ def test_a_save_that_leaves_a_file_as_it_was_restarts_nothing(tmp_path: Path) ->
     finally:
         watcher.stop()
     assert not any("same.py" in report for report in reports[seen:]), reports
+
+
+def test_a_save_reported_mid_write_restarts_the_worker_once(tmp_path: Path) -> None:
+    """A report read between a save's truncate and its write, then one of the write: one change, not two."""
+    module = tmp_path / "probe.py"
+    module.write_text("x = 1\n", encoding="utf-8")
+    watcher = Watcher([tmp_path])
+    watcher.start()
+    try:
+        time.sleep(0.3)  # watchfiles sets its watch up in its thread
+        module.write_text("", encoding="utf-8")  # the truncate, reported on its own (a busy machine)
+        wait_for(lambda: watcher.changed() is not None, timeout_s=10, what="the truncate's report")
+        module.write_text("x = 2\n", encoding="utf-8")  # the write, before the restarted worker imports
+        watcher.refresh()  # the new worker starts on the whole file
+        time.sleep(1)  # the write's own report arrives meanwhile (watchfiles: within ~50 ms)
+        assert watcher.changed() is None
+        module.write_text("x = 3\n", encoding="utf-8")  # a real change after the start is still one
+        wait_for(lambda: watcher.changed() is not None, timeout_s=10, what="the next save's report")
+    finally:
+        watcher.stop()

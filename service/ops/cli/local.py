@@ -187,7 +187,10 @@ def run(
                 break
             if watcher and (changed := watcher.changed()):
                 worker.reload(f"{changed} changed")
+            running = worker.process
             worker.check()
+            if watcher and worker.process is not running:
+                watcher.refresh()  # the new worker imports the files as they are now
     except KeyboardInterrupt:
         typer.echo("stopping...")
     finally:

@@ -7,8 +7,10 @@ and production start `oa-webhooks worker`, which never watches anything.
 watchfiles (Rust's notify: inotify here, FSEvents on macOS) reports a change within about 50 ms of
 the last write of a burst, well inside the 2 s a reload may take. One save can arrive as two reports
 (an editor's truncate and write, split across watchfiles' steps on a busy machine), and a save can
-leave a file as it was: a file counts as changed only when its content differs from when it was last
-reported, so the worker restarts once per real change.
+leave a file as it was: a file counts as changed only when its content differs from what the worker
+last started with, so the worker restarts once per real change. That is read again when a worker
+starts (`refresh`): a report read between a save's truncate and its write saw an empty file, but the
+worker it restarted imported the whole one, and the report of the write must not restart it again.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ class Watcher:
         changed = path not in self._seen or self._seen[path] != digest
         self._seen[path] = digest
         return changed
+
+    def refresh(self) -> None:
+        """A worker starts now, on the files as they are: that is what later reports are compared with."""
+        for path in list(self._seen):
+            self._content_changed(path)
 
     def stop(self) -> None:
         """Stop watching (the thread ends within a step of watchfiles, 50 ms)."""
