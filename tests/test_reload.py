@@ -20,6 +20,7 @@ import yaml
 from redis import Redis
 
 from service.ops.cli.reload import Watcher
+from service.ops.cli.supervise import WorkerSupervisor
 from service.store.ledger import event_key
 from tests.processes import ROOT, wait_for, wait_until_ready
 from tests.redis_server import free_port
@@ -289,3 +290,42 @@ def test_a_save_reported_mid_write_restarts_the_worker_once(tmp_path: Path) -> N
         wait_for(lambda: watcher.changed() is not None, timeout_s=10, what="the next save's report")
     finally:
         watcher.stop()
+
+
+def test_a_reload_that_catches_the_failing_code_starting_again_does_not_tell_its_failure_twice(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A broken worker told once, restarted, fails again; a reload stops it then: still told once."""
+    failure = "oa-webhooks worker: handler module m could not be imported: RuntimeError: broken"
+    fails = [sys.executable, "-c", f"import sys; print({failure!r}); sys.exit(3)"]
+    # The backoff's restart: it fails the same way, then the reload's SIGTERM ends it.
+    fails_again = [sys.executable, "-c", f"import time; print({failure!r}, flush=True); time.sleep(30)"]
+    worker = WorkerSupervisor(fails)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def checked(done: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            worker.check()
+            if worker.process is not None and worker.process not in processes:
+                processes.append(worker.process)
+            return done()
+
+        return check
+
+    try:
+        worker.start()
+        wait_for(checked(lambda: worker._restart_at is not None), timeout_s=10, what="the failure told")
+        worker.command = fails_again
+        worker.start()
+        wait_for(checked(lambda: bool(worker._held)), timeout_s=10, what="the restart's failure, held")
+        worker.reload("m.py changed")
+        stopped = worker.process
+        wait_for(checked(lambda: worker.process is not stopped), timeout_s=10, what="the reload")
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+    err = capfd.readouterr().err
+    assert err.count("RuntimeError: broken") == 2, err  # its line, and `run`'s line about it

@@ -103,10 +103,15 @@ class WorkerSupervisor:
         if self._reloading:
             self._reloading = False
             if self._restart_at is None and self.process.returncode in (0, -signal.SIGTERM):
-                if self._pump is not None:  # stopped by `reload`: what it said is news
+                if self._pump is not None:  # stopped by `reload`: what it said is news...
                     self._pump.join(timeout=5)
                 with self._lock:
-                    self._flush_held()
+                    if self._repeats_last_failure():
+                        # ...unless the reload caught it starting on the code that failed before, and
+                        # it had failed again already: that was told.
+                        self._held, self._live = [], True
+                    else:
+                        self._flush_held()
             elif self._restart_at is None:
                 self._exited(now)  # it failed before the reload stopped it: told as any failure, once
             self._last_failure, self.delay_s = None, FIRST_DELAY_S  # the new code's failure is news
@@ -115,6 +120,12 @@ class WorkerSupervisor:
             self._exited(now)
         elif now >= self._restart_at:
             self.start()
+
+    def _repeats_last_failure(self) -> bool:
+        lines = [line for line in b"".join(self._held).decode(errors="replace").splitlines() if line.strip()]
+        return (
+            bool(lines) and self._last_failure is not None and self._last_failure.endswith(f": {lines[-1]}")
+        )
 
     def _exited(self, now: float) -> None:
         assert self.process is not None
